@@ -1,0 +1,100 @@
+"""Eval-mode parity of the twins with the same converted weights and randomised BatchNorm state.
+
+Every stage (stem, layer1..4, pooled features) and every head is compared, so a failure names the first stage
+that diverges. Sizes: 224 and 225 (odd sizes hide 'SAME'-padding bugs, even sizes expose them) and a small
+even size; the two full sizes are marked slow.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from parity_tests.helpers import (
+    as_torch_layout,
+    assert_stages_match,
+    nchw_to_nhwc,
+    precision,
+    stage_errors,
+    torch_model,
+)
+from r34 import get_preset
+from r34_flax import from_torch
+
+BATCH = 2
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+SIZES = [pytest.param(224, marks=pytest.mark.slow), pytest.param(225, marks=pytest.mark.slow), 64]
+PRESETS = ["resnet34", "resnet18", "grapheme34"]
+
+
+@pytest.fixture(scope="module")
+def torch_models() -> dict:
+    return {}
+
+
+def run_twins(preset: str, size: int, dtype: str, cache: dict, seed: int = 0) -> tuple[dict, dict]:
+    """(torch outputs, flax outputs in torch layout), both as numpy, for one preset, input size and dtype."""
+    config = get_preset(preset)
+    if preset not in cache:
+        cache[preset] = torch_model(config, seed)
+    model = cache[preset].to(DTYPES[dtype])
+    x = np.random.default_rng(size).standard_normal((BATCH, config.in_channels, size, size))
+    x = x.astype(np.dtype(dtype))
+    with torch.no_grad():
+        ref = {k: v.numpy() for k, v in model.forward_intermediates(torch.from_numpy(x)).items()}
+    with precision(dtype):
+        flax = from_torch(model.state_dict(), config)
+        flax.eval()
+        out = flax.forward_intermediates(jnp.asarray(nchw_to_nhwc(x)))
+        got = {k: as_torch_layout(np.asarray(v)) for k, v in out.items()}
+    for k in ref:
+        assert got[k].dtype == ref[k].dtype, f"{k}: flax computed in {got[k].dtype}, torch in {ref[k].dtype}"
+    return ref, got
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_eval_logits_and_stages_match(preset: str, size: int, dtype: str, torch_models: dict) -> None:
+    ref, got = run_twins(preset, size, dtype, torch_models)
+    assert_stages_match(ref, got, dtype)
+    for head in get_preset(preset).head_names:
+        np.testing.assert_array_equal(ref[head].argmax(-1), got[head].argmax(-1), err_msg=f"argmax of {head}")
+    # The figures the README quotes (visible with -s).
+    rows = stage_errors(ref, got)
+    heads = [r for r in rows if r[0] in get_preset(preset).head_names]
+    logits = (max(r[1] for r in heads), max(r[2] for r in heads))
+    worst = max(rows, key=lambda r: r[2])
+    print(
+        f"\n{preset} {size} {dtype}: logits max|d|={logits[0]:.3e} rel={logits[1]:.3e}; "
+        f"worst output {worst[0]} max|d|={worst[1]:.3e} rel={worst[2]:.3e}"
+    )
+
+
+def test_same_padding_is_caught_on_even_inputs_and_hidden_on_odd(torch_models: dict) -> None:
+    """The suite must be able to fail: inject Flax's 'SAME' padding into the stem conv and the check names
+    "stem" at an even size, while an odd size hides it, which is why both are tested."""
+    config = get_preset("resnet18")
+    if "resnet18" not in torch_models:
+        torch_models["resnet18"] = torch_model(config, 0)
+    model = torch_models["resnet18"].to(torch.float64)
+    outcome = {}
+    for size in (64, 65):
+        x = np.random.default_rng(size).standard_normal((BATCH, 3, size, size))
+        with torch.no_grad():
+            ref = {k: v.numpy() for k, v in model.forward_intermediates(torch.from_numpy(x)).items()}
+        with precision("float64"):
+            flax = from_torch(model.state_dict(), config)
+            flax.eval()
+            flax.conv1.padding = "SAME"
+            out = flax.forward_intermediates(jnp.asarray(nchw_to_nhwc(x)))
+            got = {k: as_torch_layout(np.asarray(v)) for k, v in out.items()}
+        try:
+            assert_stages_match(ref, got, "float64")
+            outcome[size] = None
+        except AssertionError as e:
+            outcome[size] = str(e)
+    assert outcome[64] is not None and outcome[64].startswith("first divergence at 'stem'"), outcome[64]
+    assert outcome[65] is None, "odd input: SAME pads (3, 3) like torch, so the stem must still match"
