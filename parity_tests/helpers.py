@@ -34,7 +34,7 @@ def randomize_batchnorm(model: nn.Module, seed: int, calibration_size: int = 128
         for bn in bns:
             bn.momentum = 1.0
         model.train()
-        channels = model.config.in_channels
+        channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
         x = torch.randn(4, channels, calibration_size, calibration_size, generator=g, dtype=bns[0].weight.dtype)
         model(x)
         for bn, momentum in zip(bns, momenta):

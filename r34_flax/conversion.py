@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -134,6 +135,10 @@ def conversion_table(config: ResNetConfig) -> list[Entry]:
 
 
 # ---------------------------------------------------------------------------------------------- tensors
+
+
+def _name(path: FlaxPath) -> str:
+    return "/".join(str(part) for part in path)
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -301,16 +306,15 @@ def flax_to_torch(flat: Mapping[FlaxPath, Any], config: ResNetConfig) -> dict[st
     (num_batches_tracked back to int64), loadable with `load_state_dict(strict=True)`."""
     arrays = {tuple(p): to_numpy(v) for p, v in flat.items()}
     table = conversion_table(config)
-    name = lambda p: "/".join(str(x) for x in p)  # noqa: E731
-    problems = [f"missing Flax variable {name(e.flax_path)!r}" for e in table if e.flax_path not in arrays]
+    problems = [f"missing Flax variable {_name(e.flax_path)!r}" for e in table if e.flax_path not in arrays]
     known = {e.flax_path for e in table}
-    problems += [f"unexpected Flax variable {name(p)!r} (shape {v.shape})" for p, v in arrays.items() if p not in known]
+    problems += [f"unexpected Flax variable {_name(p)!r} (shape {v.shape})" for p, v in arrays.items() if p not in known]
     out: dict[str, torch.Tensor] = {}
     for e in table:
         if e.flax_path in arrays:
             value = arrays[e.flax_path]
             flax_shape = e.layout.to_flax(np.empty(e.torch_shape, np.uint8)).shape
-            problems += _check(e, value, flax_shape, name(e.flax_path))
+            problems += _check(e, value, flax_shape, _name(e.flax_path))
             if not problems:
                 out[e.torch_key] = to_tensor(e.layout.to_torch(value))
     if problems:
@@ -323,14 +327,25 @@ def flax_to_torch(flat: Mapping[FlaxPath, Any], config: ResNetConfig) -> dict[st
 
 def flax_state(model: ResNet) -> FlatState:
     """The model's variables (params, BatchNorm statistics) as {path: numpy array}."""
-    pure = nnx.state(model).to_pure_dict()
+    pure = nnx.to_pure_dict(nnx.state(model))
     return {path: np.asarray(v) for path, v in traverse_util.flatten_dict(pure).items()}
 
 
 def flax_model(
     config: ResNetConfig, flat: Mapping[FlaxPath, Any], *, dtype: DTypeLike | None = None
 ) -> ResNet:
-    """A Flax twin holding exactly `flat` (no random init is run; dtypes are the arrays')."""
+    """A Flax twin holding exactly `flat` (no random init is run; dtypes are the arrays').
+
+    float64 arrays need `jax_enable_x64`: without it JAX would silently round them to float32, so that is an error.
+    """
+    if jax.dtypes.canonicalize_dtype(np.float64) != np.float64:
+        wide = [_name(p) for p, v in flat.items() if np.asarray(v).dtype in (np.float64, np.int64)]
+        if wide:
+            raise ConversionError(
+                [f"{len(wide)} 64-bit array(s), e.g. {wide[0]!r}, but jax_enable_x64 is off and JAX would round them "
+                 "to 32 bits; enable it (jax.config.update('jax_enable_x64', True)) or cast the weights first"],
+                "cannot load weights losslessly",
+            )
     abstract = nnx.eval_shape(lambda: ResNet(config, dtype=dtype, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict({p: jnp.asarray(v) for p, v in flat.items()}))

@@ -1,0 +1,67 @@
+"""The one configuration both twins are built from."""
+
+import dataclasses
+
+import pytest
+
+from r34 import PRESETS, ResNetConfig, get_preset, preset_name
+
+
+def test_presets() -> None:
+    r34, r18, g34, tiny = (get_preset(n) for n in ("resnet34", "resnet18", "grapheme34", "tiny"))
+    assert r34.stage_sizes == (3, 4, 6, 3) and r34.widths == (64, 128, 256, 512) and r34.heads == (("fc", 1000),)
+    assert r18.stage_sizes == (2, 2, 2, 2)
+    assert g34.stage_sizes == r34.stage_sizes and g34.in_channels == 1
+    assert dict(g34.heads) == {"grapheme_root": 168, "vowel_diacritic": 11, "consonant_diacritic": 7}
+    assert not g34.single_head and r34.single_head
+    assert sum(tiny.stage_sizes) < sum(r18.stage_sizes) and tiny.widths < r18.widths
+    for name, config in PRESETS.items():
+        assert preset_name(config) == name
+        assert (config.bn_eps, config.bn_momentum) == (1e-5, 0.1)
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        get_preset("resnet34").in_channels = 1
+
+
+def test_channels_are_derived_from_widths() -> None:
+    blocks = get_preset("resnet34").blocks()
+    assert len(blocks) == 16
+    first = {(b.stage, b.index): b for b in blocks}
+    assert first["layer1", 0].in_channels == 64 and not first["layer1", 0].downsample
+    assert first["layer2", 0].in_channels == 64 and first["layer2", 0].out_channels == 128
+    assert first["layer2", 0].stride == 2 and first["layer2", 0].downsample
+    assert first["layer2", 1].in_channels == 128 and first["layer2", 1].stride == 1
+    assert not first["layer2", 1].downsample
+    narrow = ResNetConfig(widths=(16, 32, 64, 128))
+    assert narrow.num_features == 128 and narrow.blocks()[-1].out_channels == 128
+    # The stride of a later stage needs a projection even where the width stays the same.
+    same_width = ResNetConfig(stage_sizes=(1, 1), widths=(8, 8))
+    assert same_width.blocks()[1].downsample and same_width.blocks()[1].in_channels == 8
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"block": "bottleneck"}, "block='bottleneck' is not one of ['basic']"),
+        ({"stage_sizes": (3, 4)}, "must be non-empty and of equal length"),
+        ({"stage_sizes": (3, 0, 6, 3)}, "stage sizes and widths must be >= 1"),
+        ({"in_channels": 0}, "in_channels must be >= 1"),
+        ({"heads": ()}, "at least one head is required"),
+        ({"heads": (("a", 2), ("a", 3))}, "head names must be unique"),
+        ({"heads": (("layer1", 2),)}, "clash with module names"),
+        ({"heads": (("fc", 0),)}, "every head needs >= 1 class"),
+        ({"bn_momentum": 0.9 + 1}, "bn_momentum must be in [0, 1]"),
+        ({"bn_eps": 0.0}, "bn_eps must be > 0"),
+    ],
+)
+def test_invalid_config_is_a_clear_error(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match="invalid ResNetConfig") as e:
+        ResNetConfig(**changes)
+    assert message in str(e.value)
+
+
+def test_unknown_preset_lists_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown preset 'resnet50'; known presets: resnet34, resnet18"):
+        get_preset("resnet50")

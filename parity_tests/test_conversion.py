@@ -1,0 +1,147 @@
+"""The conversion core: lossless round trips both ways, architecture inference, and strict errors."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from parity_tests.helpers import precision, torch_model
+from r34 import PRESETS, get_preset, preset_name
+from r34_flax import (
+    ConversionError,
+    flax_state,
+    flax_to_torch,
+    from_torch,
+    infer_config,
+    to_torch,
+    torch_to_flax,
+)
+from r34_flax import resnet as flax_resnet
+from r34_torch import resnet as torch_resnet
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+@pytest.fixture(scope="module")
+def state_dicts() -> dict[str, dict[str, torch.Tensor]]:
+    """Per preset, a state_dict with random weights AND random BN statistics and batch counters."""
+    return {name: torch_model(config, seed=i).state_dict() for i, (name, config) in enumerate(PRESETS.items())}
+
+
+def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype, f"{k}: {a[k].dtype} != {b[k].dtype}"
+        assert a[k].shape == b[k].shape, k
+        # Compare bits, not values: NaN-safe and sensitive to -0.0 vs 0.0.
+        assert torch.equal(a[k].view(-1).view(torch.uint8), b[k].view(-1).view(torch.uint8)), k
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_torch_to_flax_to_torch_is_bit_identical(preset: str, dtype: torch.dtype, state_dicts: dict) -> None:
+    sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dicts[preset].items()}
+    config, flat = torch_to_flax(sd)
+    assert config == get_preset(preset)
+    assert_bit_identical(sd, flax_to_torch(flat, config))
+    # The same through a Flax model object, which is what users hold.
+    with precision("float64" if dtype == torch.float64 else "float32"):
+        model = from_torch(sd)
+        assert_bit_identical(sd, to_torch(model))
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_flax_to_torch_to_flax_is_bit_identical(preset: str) -> None:
+    model = flax_resnet(get_preset(preset), seed=3)
+    before = flax_state(model)
+    sd = to_torch(model)
+    torch_resnet(get_preset(preset)).load_state_dict(sd, strict=True)
+    after = flax_state(from_torch(sd))
+    assert set(before) == set(after)
+    for path in before:
+        assert before[path].dtype == after[path].dtype, path
+        np.testing.assert_array_equal(before[path], after[path], err_msg=str(path))
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_architecture_is_inferred_from_weights(preset: str, state_dicts: dict) -> None:
+    assert preset_name(infer_config(state_dicts[preset])) == preset
+
+
+def test_torchvision_checkpoints_are_recognised() -> None:
+    assert infer_config(torchvision.models.resnet34().state_dict()) == get_preset("resnet34")
+    assert infer_config(torchvision.models.resnet18(num_classes=7).state_dict()) == get_preset("resnet18").replace(
+        heads=(("fc", 7),)
+    )
+
+
+def test_bottleneck_resnet_is_refused() -> None:
+    with pytest.raises(ConversionError, match="not a supported ResNet") as e:
+        torch_to_flax(torchvision.models.resnet50().state_dict())
+    assert "Bottleneck blocks (ResNet-50/101/152) are not supported" in str(e.value)
+
+
+def test_non_resnet_is_refused() -> None:
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    with pytest.raises(ConversionError, match=r"(?s)not a ResNet.*no 4-D 'conv1.weight' \(found keys: 0.weight, 0.bias"):
+        torch_to_flax(mlp.state_dict())
+
+
+def test_every_problem_is_listed_in_one_error(state_dicts: dict) -> None:
+    sd = dict(state_dicts["tiny"])
+    del sd["layer2.0.downsample.1.running_var"]
+    sd["layer1.0.extra.weight"] = torch.zeros(3)
+    sd["layer3.1.conv2.weight"] = torch.zeros(32, 32, 1, 1)
+    sd["layer1.0.bn1.bias"] = torch.tensor([float("nan"), 0, float("inf"), 0, 0, 0, 0, 0])
+    sd["bn1.num_batches_tracked"] = torch.tensor(1.5)
+    with pytest.raises(ConversionError) as e:
+        torch_to_flax(sd)
+    assert e.value.problems == [
+        "missing key 'layer2.0.downsample.1.running_var' (shape (16,))",
+        "unexpected key 'layer1.0.extra.weight' (shape (3,))",
+        "bn1.num_batches_tracked: dtype float32, expected an integer batch counter",
+        "layer1.0.bn1.bias: holds 2 NaN/Inf value(s)",
+        "layer3.1.conv2.weight: shape (32, 32, 1, 1), expected (32, 32, 3, 3)",
+    ]
+    assert str(e.value).startswith("cannot convert weights: 5 problem(s):")
+
+
+def test_requested_architecture_must_match_the_weights(state_dicts: dict) -> None:
+    with pytest.raises(ConversionError, match="weights do not match the architecture") as e:
+        torch_to_flax(state_dicts["grapheme34"], get_preset("resnet34"))
+    assert e.value.problems == [
+        "weights have in_channels=1 but the requested architecture has 3",
+        "weights have heads=(('grapheme_root', 168), ('vowel_diacritic', 11), ('consonant_diacritic', 7)) "
+        "but the requested architecture has (('fc', 1000),)",
+    ]
+
+
+def test_flax_side_problems_are_listed(state_dicts: dict) -> None:
+    config, flat = torch_to_flax(state_dicts["tiny"])
+    del flat[("fc", "bias")]
+    flat[("fc", "extra")] = np.zeros(2, np.float32)
+    flat[("conv1", "kernel")] = flat[("conv1", "kernel")].transpose(3, 2, 0, 1)  # torch layout by mistake
+    with pytest.raises(ConversionError) as e:
+        flax_to_torch(flat, config)
+    assert e.value.problems == [
+        "missing Flax variable 'fc/bias'",
+        "unexpected Flax variable 'fc/extra' (shape (2,))",
+        "conv1/kernel: shape (8, 3, 7, 7), expected (7, 7, 3, 8)",
+    ]
+
+
+def test_batch_counter_out_of_int32_range_is_refused(state_dicts: dict) -> None:
+    sd = dict(state_dicts["tiny"])
+    sd["bn1.num_batches_tracked"] = torch.tensor(2**31, dtype=torch.int64)
+    with pytest.raises(ConversionError, match=re.escape("bn1.num_batches_tracked: counter value 2147483648")):
+        torch_to_flax(sd)
+
+
+def test_float64_weights_without_x64_are_refused_not_rounded(state_dicts: dict) -> None:
+    sd = {k: v.double() if v.is_floating_point() else v for k, v in state_dicts["tiny"].items()}
+    with precision("float32"), pytest.raises(ConversionError, match="jax_enable_x64 is off"):
+        from_torch(sd)
