@@ -65,3 +65,13 @@ def test_invalid_config_is_a_clear_error(changes: dict, message: str) -> None:
 def test_unknown_preset_lists_known_ones() -> None:
     with pytest.raises(ValueError, match="unknown preset 'resnet50'; known presets: resnet34, resnet18"):
         get_preset("resnet50")
+
+
+def test_config_dict_round_trip_and_errors() -> None:
+    for config in PRESETS.values():
+        assert ResNetConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"unknown fields \['depth'\], missing fields \['bn_eps'\]"):
+        data = get_preset("tiny").to_dict()
+        data["depth"] = 34
+        del data["bn_eps"]
+        ResNetConfig.from_dict(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
@@ -129,6 +130,23 @@ class ResNetConfig:
 
     def replace(self, **changes) -> "ResNetConfig":
         return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (tuples become lists); `from_dict` inverts it."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "ResNetConfig":
+        """Inverse of `to_dict`; unknown or missing fields are a clear error."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown, missing = sorted(set(data) - fields), sorted(fields - set(data))
+        if unknown or missing:
+            raise ValueError(f"invalid ResNetConfig data: unknown fields {unknown}, missing fields {missing}")
+        values = dict(data)
+        values["stage_sizes"] = tuple(values["stage_sizes"])
+        values["widths"] = tuple(values["widths"])
+        values["heads"] = tuple((str(name), int(n)) for name, n in values["heads"])
+        return cls(**values)
 
 
 PRESETS: Mapping[str, ResNetConfig] = {

@@ -60,6 +60,8 @@ class Param(NamedTuple):
     layout: Layout
     # torch shape from the module's dims: conv (out, in, k), batchnorm (channels,), linear (out, in).
     shape: Callable[[tuple[int, ...]], tuple[int, ...]]
+    # A torch buffer (running statistics, counter) rather than a trainable parameter.
+    buffer: bool = False
 
 
 # The declarative table: per module kind, its tensors in torch's state_dict order.
@@ -68,9 +70,9 @@ MODULE_KINDS: Mapping[str, tuple[Param, ...]] = {
     "bn": (
         Param("weight", "scale", SAME, lambda d: d),
         Param("bias", "bias", SAME, lambda d: d),
-        Param("running_mean", "mean", SAME, lambda d: d),
-        Param("running_var", "var", SAME, lambda d: d),
-        Param("num_batches_tracked", "num_batches_tracked", COUNT, lambda d: ()),
+        Param("running_mean", "mean", SAME, lambda d: d, buffer=True),
+        Param("running_var", "var", SAME, lambda d: d, buffer=True),
+        Param("num_batches_tracked", "num_batches_tracked", COUNT, lambda d: (), buffer=True),
     ),
     "linear": (
         Param("weight", "kernel", LINEAR, lambda d: (d[0], d[1])),
@@ -122,6 +124,7 @@ class Entry(NamedTuple):
     layout: Layout
     torch_shape: tuple[int, ...]
     kind: str
+    buffer: bool
 
 
 def conversion_table(config: ResNetConfig) -> list[Entry]:
@@ -130,15 +133,26 @@ def conversion_table(config: ResNetConfig) -> list[Entry]:
     for m in modules(config):
         for p in MODULE_KINDS[m.kind]:
             key = ".".join(str(part) for part in m.path + (p.torch_name,))
-            rows.append(Entry(key, m.path + (p.flax_name,), p.layout, p.shape(m.dims), m.kind))
+            rows.append(Entry(key, m.path + (p.flax_name,), p.layout, p.shape(m.dims), m.kind, p.buffer))
     return rows
+
+
+def parameter_count(config: ResNetConfig) -> int:
+    """Trainable parameters, as torch's `sum(p.numel() for p in model.parameters())` counts them."""
+    return sum(int(np.prod(e.torch_shape)) for e in conversion_table(config) if not e.buffer)
 
 
 # ---------------------------------------------------------------------------------------------- tensors
 
 
-def _name(path: FlaxPath) -> str:
+def path_name(path: FlaxPath) -> str:
+    """("layer1", 0, "conv1", "kernel") -> "layer1/0/conv1/kernel"."""
     return "/".join(str(part) for part in path)
+
+
+def parse_path_name(name: str) -> FlaxPath:
+    """Inverse of `path_name`: all-digit parts are list indices (no module of the twins has such a name)."""
+    return tuple(int(part) if part.isdigit() else part for part in name.split("/"))
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -306,15 +320,15 @@ def flax_to_torch(flat: Mapping[FlaxPath, Any], config: ResNetConfig) -> dict[st
     (num_batches_tracked back to int64), loadable with `load_state_dict(strict=True)`."""
     arrays = {tuple(p): to_numpy(v) for p, v in flat.items()}
     table = conversion_table(config)
-    problems = [f"missing Flax variable {_name(e.flax_path)!r}" for e in table if e.flax_path not in arrays]
+    problems = [f"missing Flax variable {path_name(e.flax_path)!r}" for e in table if e.flax_path not in arrays]
     known = {e.flax_path for e in table}
-    problems += [f"unexpected Flax variable {_name(p)!r} (shape {v.shape})" for p, v in arrays.items() if p not in known]
+    problems += [f"unexpected Flax variable {path_name(p)!r} (shape {v.shape})" for p, v in arrays.items() if p not in known]
     out: dict[str, torch.Tensor] = {}
     for e in table:
         if e.flax_path in arrays:
             value = arrays[e.flax_path]
             flax_shape = e.layout.to_flax(np.empty(e.torch_shape, np.uint8)).shape
-            problems += _check(e, value, flax_shape, _name(e.flax_path))
+            problems += _check(e, value, flax_shape, path_name(e.flax_path))
             if not problems:
                 out[e.torch_key] = to_tensor(e.layout.to_torch(value))
     if problems:
@@ -339,7 +353,7 @@ def flax_model(
     float64 arrays need `jax_enable_x64`: without it JAX would silently round them to float32, so that is an error.
     """
     if jax.dtypes.canonicalize_dtype(np.float64) != np.float64:
-        wide = [_name(p) for p, v in flat.items() if np.asarray(v).dtype in (np.float64, np.int64)]
+        wide = [path_name(p) for p, v in flat.items() if np.asarray(v).dtype in (np.float64, np.int64)]
         if wide:
             raise ConversionError(
                 [f"{len(wide)} 64-bit array(s), e.g. {wide[0]!r}, but jax_enable_x64 is off and JAX would round them "
