@@ -145,3 +145,17 @@ def test_float64_weights_without_x64_are_refused_not_rounded(state_dicts: dict) 
     sd = {k: v.double() if v.is_floating_point() else v for k, v in state_dicts["tiny"].items()}
     with precision("float32"), pytest.raises(ConversionError, match="jax_enable_x64 is off"):
         from_torch(sd)
+
+
+def test_head_order_is_not_taken_from_key_order(state_dicts: dict) -> None:
+    """safetensors does not keep key order: the heads of a preset get the preset's order back, and a
+    requested config's head order wins over the file's."""
+    sd = state_dicts["grapheme34"]
+    shuffled = dict(sorted(sd.items(), key=lambda kv: kv[0][::-1]))
+    assert [k for k in shuffled if k.endswith(".bias") and "." not in k[:-5]] != [
+        "grapheme_root.bias", "vowel_diacritic.bias", "consonant_diacritic.bias"]
+    assert infer_config(shuffled) == get_preset("grapheme34")
+    custom = get_preset("grapheme34").replace(heads=(("vowel_diacritic", 11), ("consonant_diacritic", 7),
+                                                     ("grapheme_root", 168)))
+    config, _ = torch_to_flax(sd, custom)
+    assert config == custom

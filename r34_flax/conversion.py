@@ -21,7 +21,7 @@ import torch
 from flax import nnx, traverse_util
 from jax.typing import DTypeLike
 
-from r34.config import BLOCK_EXPANSION, BlockSpec, ResNetConfig
+from r34.config import BLOCK_EXPANSION, PRESETS, BlockSpec, ResNetConfig
 from r34_flax.model import ResNet
 
 FlaxPath = tuple[str | int, ...]
@@ -256,7 +256,7 @@ def infer_config(
     if problems:
         raise ConversionError(problems, "not a supported ResNet")
     try:
-        return ResNetConfig(
+        config = ResNetConfig(
             block="basic",
             stage_sizes=tuple(len(blocks[s]) for s in stages),
             widths=tuple(widths),
@@ -267,14 +267,24 @@ def infer_config(
         )
     except ValueError as e:
         raise ConversionError([str(e)], "not a supported ResNet") from None
+    # Some formats (safetensors) do not keep key order, so the head order is only known up to a permutation:
+    # take a preset's order when the heads are the preset's.
+    for preset in PRESETS.values():
+        if dict(preset.heads) == dict(config.heads) and config.replace(heads=preset.heads) == preset.replace(
+            bn_eps=bn_eps, bn_momentum=bn_momentum
+        ):
+            return config.replace(heads=preset.heads)
+    return config
 
 
 def _config_differences(found: ResNetConfig, wanted: ResNetConfig) -> list[str]:
     fields = ("block", "stage_sizes", "widths", "in_channels", "heads")
+    # Head order is not a property of the weights (see infer_config); the requested config's order is used.
+    same = lambda f, a, b: dict(a) == dict(b) if f == "heads" else a == b  # noqa: E731
     return [
         f"weights have {f}={getattr(found, f)!r} but the requested architecture has {getattr(wanted, f)!r}"
         for f in fields
-        if getattr(found, f) != getattr(wanted, f)
+        if not same(f, getattr(found, f), getattr(wanted, f))
     ]
 
 

@@ -169,7 +169,8 @@ def cast_floats(arrays: Mapping[Any, np.ndarray], dtype: str | None, label: Call
         if not floating or target == src:
             out[key] = a
             continue
-        cast = a.astype(target)
+        with np.errstate(over="ignore"):  # overflow is checked and reported just below
+            cast = a.astype(target)
         if not np.all(np.isfinite(cast.astype(np.float32))):
             problems.append(f"{label(key)}: casting {src} to {target} overflows to Inf (max |x| {np.abs(a).max():g})")
         out[key] = cast
