@@ -325,12 +325,19 @@ def torch_to_flax(
     return config, flat
 
 
-def flax_to_torch(flat: Mapping[FlaxPath, Any], config: ResNetConfig) -> dict[str, torch.Tensor]:
+def flax_to_torch(
+    flat: Mapping[FlaxPath, Any], config: ResNetConfig, *, partial: bool = False
+) -> dict[str, torch.Tensor]:
     """Flat Flax state {path: array} -> torch state_dict in torchvision's key order, dtypes kept
-    (num_batches_tracked back to int64), loadable with `load_state_dict(strict=True)`."""
+    (num_batches_tracked back to int64), loadable with `load_state_dict(strict=True)`.
+
+    `partial=True` converts a subset (e.g. gradients of the params only) without reporting the rest as missing.
+    """
     arrays = {tuple(p): to_numpy(v) for p, v in flat.items()}
     table = conversion_table(config)
-    problems = [f"missing Flax variable {path_name(e.flax_path)!r}" for e in table if e.flax_path not in arrays]
+    problems = [] if partial else [
+        f"missing Flax variable {path_name(e.flax_path)!r}" for e in table if e.flax_path not in arrays
+    ]
     known = {e.flax_path for e in table}
     problems += [f"unexpected Flax variable {path_name(p)!r} (shape {v.shape})" for p, v in arrays.items() if p not in known]
     out: dict[str, torch.Tensor] = {}
