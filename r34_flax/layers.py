@@ -129,7 +129,8 @@ class BatchNorm(nnx.Module):
             unbiased = var * (n / (n - 1))
             self.var[...] = jax.lax.stop_gradient((1 - m) * self.var[...] + m * unbiased).astype(stat_dtype)
             self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
-        # torch's CPU kernel form: y = x * (gamma / sqrt(var + eps)) + (beta - mean * gamma / sqrt(var + eps)).
+        # Centred form (x - mean) * mul + beta. The folded form x * mul + (beta - mean * mul) is one op shorter but
+        # its gradient w.r.t. the variance is sum(dy * x) - mean * sum(dy), which cancels catastrophically in
+        # float32 when |mean| >> std: measured 3e-2 relative gradient error on grapheme34 vs torch's 7e-6.
         mul = self.scale[...].astype(xs.dtype) * jax.lax.rsqrt(var.astype(xs.dtype) + self.eps)
-        add = self.bias[...].astype(xs.dtype) - mean.astype(xs.dtype) * mul
-        return (xs * mul + add).astype(out_dtype)
+        return ((xs - mean.astype(xs.dtype)) * mul + self.bias[...].astype(xs.dtype)).astype(out_dtype)

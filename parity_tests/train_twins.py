@@ -1,0 +1,75 @@
+"""Both twins set up to train from identical weights on identical batches, for the training-parity tests."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx, traverse_util
+
+from parity_tests.helpers import nchw_to_nhwc, torch_model
+from r34.config import ResNetConfig
+from r34_flax import flax_to_torch, from_torch
+from r34_flax.model import ResNet
+from train import step_flax, step_torch
+
+TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclasses.dataclass
+class Batch:
+    """One batch in both layouts: torch NCHW tensors and NHWC JAX arrays, labels per head."""
+
+    torch_images: torch.Tensor
+    torch_labels: dict[str, torch.Tensor]
+    flax_images: jax.Array
+    flax_labels: dict[str, jax.Array]
+
+
+def make_batches(config: ResNetConfig, n: int, batch: int, size: int, dtype: str, seed: int) -> list[Batch]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        x = rng.standard_normal((batch, config.in_channels, size, size)).astype(dtype)
+        labels = {name: rng.integers(0, classes, batch) for name, classes in config.heads}
+        out.append(Batch(
+            torch.from_numpy(x),
+            {k: torch.from_numpy(v) for k, v in labels.items()},
+            jnp.asarray(nchw_to_nhwc(x)),
+            {k: jnp.asarray(v.astype(np.int32)) for k, v in labels.items()},
+        ))
+    return out
+
+
+def twins(config: ResNetConfig, dtype: str, seed: int) -> tuple[torch.nn.Module, ResNet]:
+    """(torch twin, flax twin) with the same weights and randomised BN state; call under `precision(dtype)`."""
+    ref = torch_model(config, seed).to(TORCH_DTYPES[dtype])
+    return ref, from_torch(ref.state_dict(), config)
+
+
+def torch_grads(model: torch.nn.Module, batch: Batch, label_smoothing: float = 0.0) -> tuple[float, dict]:
+    model.train()
+    model.zero_grad(set_to_none=True)
+    heads = step_torch.heads_of(model(batch.torch_images), model.config)
+    loss = step_torch.total_loss(heads, batch.torch_labels, label_smoothing)
+    loss.backward()
+    return loss.item(), {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+
+
+def flax_grads(model: ResNet, batch: Batch, label_smoothing: float = 0.0) -> tuple[float, dict]:
+    """(loss, gradients under torch's names and layouts) through the trainer's own loss function."""
+    graphdef, params, batch_stats = step_flax.split_model(model)
+    grad_fn = jax.value_and_grad(step_flax.loss_fn, has_aux=True)
+    (loss, _), grads = grad_fn(params, batch_stats, graphdef, batch.flax_images, batch.flax_labels, label_smoothing)
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(grads))
+    return float(loss), flax_to_torch(flat, model.config, partial=True)
+
+
+def state_as_torch(state: step_flax.TrainState, graphdef: nnx.GraphDef) -> dict[str, torch.Tensor]:
+    """A Flax TrainState's model (params and BN statistics) as a torch state_dict."""
+    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model)))
+    return flax_to_torch(flat, model.config)
