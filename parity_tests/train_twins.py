@@ -62,7 +62,8 @@ def torch_grads(model: torch.nn.Module, batch: Batch, label_smoothing: float = 0
 def flax_grads(model: ResNet, batch: Batch, label_smoothing: float = 0.0) -> tuple[float, dict]:
     """(loss, gradients under torch's names and layouts) through the trainer's own loss function."""
     graphdef, params, batch_stats = step_flax.split_model(model)
-    grad_fn = jax.value_and_grad(step_flax.loss_fn, has_aux=True)
+    # Jitted: one compile is faster than dispatching every primitive of the backward pass eagerly.
+    grad_fn = jax.jit(jax.value_and_grad(step_flax.loss_fn, has_aux=True), static_argnums=(2, 5))
     (loss, _), grads = grad_fn(params, batch_stats, graphdef, batch.flax_images, batch.flax_labels, label_smoothing)
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(grads))
     return float(loss), flax_to_torch(flat, model.config, partial=True)
