@@ -48,3 +48,9 @@ F32_TRAJECTORY_LOSS_ABS = 5e-5
 # is amplified more than in eval mode. PyTorch against ITSELF (NCHW vs channels_last) differs by up to 2.0e-5
 # (grapheme34 at 64, vowel head); twin-vs-twin measured up to 1.1e-5, each twin against float64 up to 8e-6.
 F32_TRAIN_LOGITS_REL = 5e-5
+
+# bfloat16 compute (float32 parameters and BatchNorm statistics) against float32 PyTorch, eval logits at 224,
+# max|d| / max|ref|: bfloat16 keeps 8 significant bits (eps 7.8e-3) and 36 layers compound it. Measured, batch 8,
+# 3 seeds: resnet34 1.4e-2 to 1.9e-2, grapheme34 1.1e-2 to 3.3e-2 (vowel head); PyTorch's own CPU autocast
+# bf16 on the same models: 1.8e-2 to 4.2e-2. Budget: 6e-2, ~2x the worst measured Flax figure.
+BF16_LOGITS_REL = 6e-2
