@@ -267,7 +267,7 @@ def convert_to_torch(src: str | Path, dst: str | Path, dtype: str | None = None,
 def inspect_weights(src: str | Path) -> tuple[list[str], list[str]]:
     """(report lines, problems) for a torch or Flax weights file; problems empty means it converts cleanly."""
     path = Path(src)
-    is_flax = path.is_dir() or (path.suffix == SAFETENSORS and path.is_file() and _flax_file(path))
+    is_flax = path.is_dir() or (path.suffix == SAFETENSORS and path.is_file() and is_flax_file(path))
     if is_flax:
         config, flat, notes = read_flax_weights(path)
         arrays = {path_name(p): v for p, v in flat.items()}
@@ -292,7 +292,7 @@ def inspect_weights(src: str | Path) -> tuple[list[str], list[str]]:
     return notes, []
 
 
-def _flax_file(path: Path) -> bool:
+def is_flax_file(path: Path) -> bool:
     try:
         return _safetensors_format(path) == FLAX_FORMAT
     except Exception:

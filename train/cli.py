@@ -1,0 +1,54 @@
+"""Command-line flags shared by `python -m train.flax` and `python -m train.torch` (same recipe, same data)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from r34.config import PRESETS
+
+DEFAULT_DATA_DIR = Path("~/tensorflow_datasets").expanduser()
+
+
+def build_parser(prog: str, description: str, flax: bool) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", choices=list(PRESETS), default="resnet34",
+                   help="model body; a single-head preset gets the data set's classes and channels")
+    p.add_argument("--dataset", default="sklearn_digits",
+                   help="sklearn_digits (embedded, offline), bengali_graphemes (manual dir), or any TFDS image "
+                        "classification data set (cifar10, imagenette, imagenet2012, ...)")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="TFDS data directory")
+    p.add_argument("--manual-dir", type=Path, help="manual download dir (bengali_graphemes, imagenet2012)")
+    p.add_argument("--image-size", type=int, help="train/eval image size (default: the data set's)")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch size, split over all devices")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--steps", type=int, help="total training steps (overrides --epochs)")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
+                   help="sgd: Nesterov momentum + weight decay; adamw: decoupled weight decay")
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int, help="linear warmup steps before cosine decay (default: 1 epoch "
+                                                     "capped at a tenth of the run)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--workdir", type=Path, help="checkpoints, metrics, plots, exports (default runs/DATASET-PRESET)")
+    p.add_argument("--seed", type=int, default=0)
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", dest="resume", action="store_true", default=None,
+                        help="continue from the workdir's checkpoint (default when one exists)")
+    resume.add_argument("--restart", dest="resume", action="store_false",
+                        help="ignore existing checkpoints and start over (deletes them)")
+    p.add_argument("--init-from", type=Path, help="torch (.pth/.pt/.safetensors) or Flax weights to start from: "
+                                                  "body loaded, mismatched heads re-initialised")
+    p.add_argument("--log-every", type=int, default=10, help="steps between metric logs (host syncs)")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    if flax:
+        p.add_argument("--dtype", choices=["float32", "bfloat16"],
+                       help="compute dtype; params and BN statistics stay float32 (default float32; bfloat16 with "
+                            "--tpu)")
+        p.add_argument("--platform", choices=["cpu", "gpu", "tpu"], help="require this JAX platform")
+        p.add_argument("--tpu", action="store_true", help="require TPU devices (bfloat16 compute unless --dtype)")
+    return p

@@ -1,0 +1,322 @@
+"""The Flax training run behind `python -m train.flax`: data-parallel over every device JAX finds."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx, traverse_util
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+from r34.config import ResNetConfig, get_preset
+from r34_flax.checkpoint import model_save_args
+from r34_flax.conversion import ConversionError, flax_model, flax_state, flax_to_torch
+from r34_flax.model import ResNet, resnet
+from r34_flax.weights_io import write_flax_weights, write_torch_weights
+from train import metrics as metrics_lib
+from train.data import pipeline
+from train.model_setup import ConfigError, read_init_weights, resolve_config
+from train.optim_flax import make_optimizer
+from train.recipe import Recipe
+from train.step_flax import TrainState, data_mesh, init_train_state, make_train_step
+
+TRAIN_STATE, META = "train_state", "meta"
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or go on; the message says why."""
+
+
+@dataclasses.dataclass
+class Run:
+    args: argparse.Namespace
+    spec: pipeline.DatasetSpec
+    sources: dict[str, Any]
+    config: ResNetConfig
+    recipe: Recipe
+    steps_per_epoch: int
+    total_steps: int
+    devices: list[jax.Device]
+    dtype: Any
+    workdir: Path
+
+    def identity(self) -> dict:
+        """What a checkpoint must agree on to be resumed by this run."""
+        return {"config": self.config.to_dict(), "recipe": dataclasses.asdict(self.recipe), "dataset": self.spec.name,
+                "image_size": self.spec.image_size, "batch_size": self.args.batch_size, "seed": self.args.seed}
+
+
+def select_devices(platform: str | None) -> list[jax.Device]:
+    present = sorted({d.platform for d in jax.devices()})
+    if platform is None:
+        return jax.devices()
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError:
+        devices = []
+    if not devices:
+        raise RunError(f"platform {platform!r} requested but JAX finds no such device; present: {', '.join(present)}")
+    return devices
+
+
+def setup(args: argparse.Namespace) -> Run:
+    """Everything checked before any compute: platform, data, model config, batch divisibility, recipe."""
+    platform = "tpu" if args.tpu else args.platform
+    devices = select_devices(platform)
+    dtype_name = args.dtype or ("bfloat16" if args.tpu else "float32")
+    dtype = jnp.bfloat16 if dtype_name == "bfloat16" else jnp.float32
+    if args.batch_size < 1 or args.batch_size % len(devices):
+        raise ConfigError(f"--batch-size {args.batch_size} is not divisible by the {len(devices)} devices "
+                          f"({devices[0].platform}); use a multiple of {len(devices)}")
+    spec, sources = pipeline.load(args.dataset, args.data_dir, args.image_size, args.manual_dir)
+    config = resolve_config(args.preset, get_preset(args.preset), spec)
+    steps_per_epoch = pipeline.steps_per_epoch(spec.num_train, args.batch_size)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"--batch-size {args.batch_size} exceeds the {spec.num_train} training examples")
+    total = args.steps if args.steps else args.epochs * steps_per_epoch
+    warmup = args.warmup_steps if args.warmup_steps is not None else min(steps_per_epoch, total // 10)
+    recipe = Recipe(optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                    warmup_steps=warmup, total_steps=total, label_smoothing=args.label_smoothing)
+    workdir = args.workdir or Path("runs") / f"{args.dataset}-{args.preset}"
+    return Run(args, spec, sources, config, recipe, steps_per_epoch, total, devices, dtype, Path(workdir))
+
+
+def initial_model(run: Run) -> tuple[ResNet, list[str]]:
+    model = resnet(run.config, seed=run.args.seed, dtype=run.dtype)
+    if run.args.init_from is None:
+        return model, []
+    try:
+        flat, notes = read_init_weights(run.args.init_from, run.config, flax_state(model))
+    except ConversionError as e:
+        raise ConfigError(f"--init-from {run.args.init_from}: {e}") from None
+    return flax_model(run.config, flat, dtype=run.dtype), notes
+
+
+def checkpoint_manager(run: Run) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=run.args.keep, save_interval_steps=1,
+                                           enable_async_checkpointing=True)
+    return ocp.CheckpointManager((run.workdir / "checkpoints").resolve(), options=options,
+                                 item_names=(TRAIN_STATE, "model", "config", META))
+
+
+def save(manager: ocp.CheckpointManager, run: Run, state: TrainState, graphdef: nnx.GraphDef) -> None:
+    step = int(state.step)
+    model = nnx.merge(graphdef, state.params, state.batch_stats)
+    items = model_save_args(run.config, flax_state(model))
+    meta = {"step": step, "run": run.identity()}
+    manager.save(step, args=ocp.args.Composite(**{TRAIN_STATE: ocp.args.StandardSave(state),
+                                                  META: ocp.args.JsonSave(meta), **items}), force=True)
+
+
+def restore(manager: ocp.CheckpointManager, run: Run, state: TrainState) -> TrainState:
+    step = manager.latest_step()
+    meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+    if meta["run"] != run.identity():
+        differs = sorted(k for k in run.identity() if meta["run"].get(k) != run.identity()[k])
+        raise ConfigError(f"working directory {run.workdir} holds a checkpoint (step {step}) of a different "
+                          f"configuration ({', '.join(differs)} differ); use another --workdir or --restart")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = manager.restore(step, args=ocp.args.Composite(**{TRAIN_STATE: ocp.args.StandardRestore(abstract)}))
+    return restored[TRAIN_STATE]
+
+
+def make_eval_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh):
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch = NamedSharding(mesh, PartitionSpec("data"))
+
+    def step(params: nnx.State, batch_stats: nnx.State, images: jax.Array, labels: dict) -> dict:
+        model = nnx.merge(graphdef, params, batch_stats, copy=True)
+        out = model(images)
+        heads = out if isinstance(out, dict) else {model.config.head_names[0]: out}
+        result = {}
+        for name, logits in heads.items():
+            k = min(5, logits.shape[-1])
+            top = jax.lax.top_k(logits, k)[1]
+            result[name] = (top[:, 0], jnp.any(top == labels[name][:, None], axis=-1))
+        return result
+
+    return jax.jit(step, in_shardings=(replicated, replicated, batch, batch), out_shardings=replicated)
+
+
+def put_batch(batch: dict, mesh: jax.sharding.Mesh) -> tuple[jax.Array, dict]:
+    """This process's part of a global batch -> global arrays sharded over the data axis (any process count)."""
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    put = lambda a: jax.make_array_from_process_local_data(sharding, a)  # noqa: E731
+    return put(batch["image"]), {k: put(v) for k, v in batch["labels"].items()}
+
+
+def evaluate(run: Run, eval_step, state: TrainState, mesh, shard: pipeline.Sharding) -> dict[str, float]:
+    preds, top5, labels = {}, {}, {}
+    for batch in pipeline.eval_batches(run.sources["eval"], run.spec, run.args.batch_size, shard):
+        images, y = put_batch(batch, mesh)
+        out = jax.device_get(eval_step(state.params, state.batch_stats, images, y))
+        mask = np.asarray(jax.device_get(put_batch({"image": batch["mask"], "labels": {}}, mesh)[0]))
+        y_host = {k: np.asarray(jax.device_get(v)) for k, v in y.items()}
+        for head, (p, t5) in out.items():
+            preds.setdefault(head, []).append(p[mask])
+            top5.setdefault(head, []).append(t5[mask])
+            labels.setdefault(head, []).append(y_host[head][mask])
+    cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
+    return metrics_lib.summarise(cat(preds), cat(top5), cat(labels), dict(run.config.heads))
+
+
+def export(run: Run, model: ResNet) -> tuple[Path, Path]:
+    """torchvision-named .pth and .safetensors of the trained model, and the Flax safetensors."""
+    out = run.workdir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    flat = flax_state(model)
+    state_dict = flax_to_torch(flat, run.config)
+    pth, st = out / "model.pth", out / "model.safetensors"
+    write_torch_weights(pth, state_dict, force=True)
+    write_torch_weights(st, state_dict, force=True)
+    write_flax_weights(out / "model_flax.safetensors", run.config, flat, force=True)
+    return pth, st
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the training described by `args`; returns the final metrics (and the torch re-score)."""
+    run = setup(args)
+    lead = jax.process_index() == 0
+    say = print if lead else (lambda *a, **k: None)
+    mesh = data_mesh(run.devices)
+    shard = pipeline.Sharding(jax.process_index(), jax.process_count())
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    if args.resume is False and (run.workdir / "checkpoints").exists() and lead:
+        shutil.rmtree(run.workdir / "checkpoints")
+        (run.workdir / "metrics.jsonl").unlink(missing_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str((run.workdir / "jax_cache").resolve()))
+
+    model, notes = initial_model(run)
+    for note in notes:
+        say(f"init: {note}")
+    tx = make_optimizer(run.recipe)
+    graphdef, state = init_train_state(model, tx, mesh)
+    model.eval()
+    eval_graphdef = nnx.split(model, nnx.Param, nnx.BatchStat)[0]
+    manager = checkpoint_manager(run)
+    logger = metrics_lib.Logger(run.workdir, enabled=lead)
+    if manager.latest_step() is not None:
+        if args.resume is False:
+            raise RunError("internal: checkpoints remain after --restart")
+        state = restore(manager, run, state)
+        say(f"resumed from {run.workdir / 'checkpoints'} at step {int(state.step)}")
+        logger.truncate_after(int(state.step))
+    step_fn = make_train_step(graphdef, tx, run.recipe.label_smoothing, mesh)
+    eval_step = make_eval_step(eval_graphdef, mesh)
+
+    say(f"training {args.preset} on {run.spec.name} ({run.spec.num_train} train / {run.spec.num_eval} eval, "
+        f"{run.spec.image_size}px, {run.spec.channels}ch) on {len(run.devices)} {run.devices[0].platform} device(s), "
+        f"batch {args.batch_size}, {run.total_steps} steps, {jnp.dtype(run.dtype).name} compute")
+    start = int(state.step)
+    progress = tqdm(total=run.total_steps, initial=start, disable=not lead or args.no_progress, unit="step",
+                    dynamic_ncols=True)
+    final_eval: dict[str, float] = {}
+    t_log, n_log = time.perf_counter(), 0
+    step = start
+    while step < run.total_steps:
+        epoch, offset = divmod(step, run.steps_per_epoch)
+        batches = pipeline.train_batches(run.sources["train"], run.spec, args.batch_size, args.seed, epoch, offset,
+                                         shard)
+        for batch in batches:
+            images, labels = put_batch(batch, mesh)
+            state, step_metrics = step_fn(state, images, labels)
+            step += 1
+            n_log += 1
+            if step % args.log_every == 0 or step == run.total_steps:
+                values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}  # the only host sync
+                if not np.isfinite(values["loss"]):
+                    raise RunError(f"loss is {values['loss']} at step {step}; last checkpoint: "
+                                   f"{manager.latest_step()}")
+                values["images_per_s"] = n_log * args.batch_size / (time.perf_counter() - t_log)
+                values["lr"] = float(make_lr(run.recipe)(step - 1))
+                logger.log(step, "train", values)
+                progress.set_postfix(loss=f"{values['loss']:.3f}",
+                                     acc=f"{np.mean([v for k, v in values.items() if k.startswith('accuracy')]):.3f}",
+                                     img_s=f"{values['images_per_s']:.0f}")
+                t_log, n_log = time.perf_counter(), 0
+            progress.update(1)
+            if step % args.checkpoint_every == 0:
+                save(manager, run, state, graphdef)
+            if step % run.steps_per_epoch == 0 or step == run.total_steps:
+                final_eval = evaluate(run, eval_step, state, mesh, shard)
+                logger.log(step, "eval", final_eval)
+                progress.write(f"step {step} (epoch {step / run.steps_per_epoch:.2f}): " +
+                               ", ".join(f"{k} {v:.4f}" for k, v in final_eval.items())) if lead else None
+            if step >= run.total_steps:
+                break
+    progress.close()
+    if manager.latest_step() != step:
+        save(manager, run, state, graphdef)
+    manager.wait_until_finished()
+    manager.close()
+    result: dict[str, Any] = {"step": step, "eval": final_eval}
+    if lead:
+        trained = flax_model(run.config, flax_state(nnx.merge(graphdef, state.params, state.batch_stats)))
+        pth, _ = export(run, trained)
+        metrics_lib.plot_curves(logger.path, run.workdir / "curves.png", f"{args.preset} on {run.spec.name}")
+        result["torch_rescore"] = torch_rescore(run, pth)
+        say(f"exported {pth} and {pth.with_suffix('.safetensors')}; curves in {run.workdir / 'curves.png'}")
+        for key in final_eval:
+            if key.startswith("top1/") or key == "grapheme_score":
+                say(f"final {key}: flax {final_eval[key]:.4f}, torch re-score from {pth.name} "
+                    f"{result['torch_rescore'][key]:.4f}")
+    logger.close()
+    return result
+
+
+def make_lr(recipe: Recipe) -> optax.Schedule:
+    from train.optim_flax import make_schedule
+
+    return make_schedule(recipe)
+
+
+def torch_rescore(run: Run, pth: Path) -> dict[str, float]:
+    """The PyTorch twin, loaded strictly from the exported .pth, scores the same eval set."""
+    import torch
+
+    from r34_torch import resnet as torch_resnet
+
+    model = torch_resnet(run.config)
+    model.load_state_dict(torch.load(pth, weights_only=True), strict=True)
+    model.eval()
+    preds, top5, labels = {}, {}, {}
+    with torch.no_grad():
+        for batch in pipeline.eval_batches(run.sources["eval"], run.spec, run.args.batch_size):
+            out = model(torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2))))
+            out = out if isinstance(out, dict) else {run.config.head_names[0]: out}
+            mask = batch["mask"]
+            for head, logits in out.items():
+                top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices.numpy()
+                y = batch["labels"][head]
+                preds.setdefault(head, []).append(top[:, 0][mask])
+                top5.setdefault(head, []).append((top == y[:, None]).any(-1)[mask])
+                labels.setdefault(head, []).append(y[mask])
+    cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
+    return metrics_lib.summarise(cat(preds), cat(top5), cat(labels), dict(run.config.heads))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from train.cli import build_parser
+
+    args = build_parser("python -m train.flax", "Train the Flax ResNet twin, data-parallel over all devices.",
+                        flax=True).parse_args(argv)
+    try:
+        result = train(args)
+    except (ConfigError, RunError, pipeline.DataError, ConversionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if jax.process_index() == 0:
+        print(json.dumps({"final": result["eval"], "torch_rescore": result.get("torch_rescore")}))
+    return 0

@@ -1,0 +1,99 @@
+"""Evaluation metrics and metric sinks (JSONL, TensorBoard, a PNG of the curves), shared by both trainers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import recall_score
+
+from r34_flax.weights_io import atomic_write
+
+# Bengali.AI's metric: macro-averaged recall per head, weighted 2:1:1 (root counts double).
+GRAPHEME_WEIGHTS = {"grapheme_root": 2.0, "vowel_diacritic": 1.0, "consonant_diacritic": 1.0}
+
+
+def summarise(preds: Mapping[str, np.ndarray], top5: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
+              classes: Mapping[str, int]) -> dict[str, float]:
+    """Top-1 per head, top-5 where a head has >= 5 classes, and the grapheme metric when its heads are there."""
+    out: dict[str, float] = {}
+    for head, y in labels.items():
+        out[f"top1/{head}"] = float(np.mean(preds[head] == y))
+        if classes[head] >= 5:
+            out[f"top5/{head}"] = float(np.mean(top5[head]))
+    if set(GRAPHEME_WEIGHTS) <= set(labels):
+        recalls = {h: recall_score(labels[h], preds[h], average="macro", zero_division=0) for h in GRAPHEME_WEIGHTS}
+        for head, r in recalls.items():
+            out[f"macro_recall/{head}"] = float(r)
+        out["grapheme_score"] = float(sum(GRAPHEME_WEIGHTS[h] * recalls[h] for h in recalls)
+                                      / sum(GRAPHEME_WEIGHTS.values()))
+    return out
+
+
+class Logger:
+    """Appends metric records to workdir/metrics.jsonl and TensorBoard event files (process 0 only)."""
+
+    def __init__(self, workdir: Path, enabled: bool = True) -> None:
+        self.path = Path(workdir) / "metrics.jsonl"
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def log(self, step: int, kind: str, values: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "kind": kind, **{k: float(v) for k, v in values.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in values.items():
+            self._tb.add_scalar(f"{kind}/{key}", float(value), int(step))
+        self._tb.flush()
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past `step` (written after the checkpoint a resumed run starts from)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        atomic_write(self.path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)), force=True)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_curves(metrics_path: Path, png: Path, title: str) -> None:
+    """Loss and accuracy curves from metrics.jsonl (train records and eval records) to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    left.set_xlabel("step")
+    left.set_ylabel("loss")
+    left.legend()
+    for key in sorted({k for r in train for k in r if k.startswith("accuracy/")}):
+        right.plot([r["step"] for r in train], [r[key] for r in train], label=f"train {key}", alpha=0.6)
+    for key in sorted({k for r in evals for k in r if k.startswith(("top1/", "grapheme_score"))}):
+        right.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=f"eval {key}")
+    right.set_xlabel("step")
+    right.set_ylabel("accuracy")
+    right.set_ylim(0, 1)
+    right.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=110), force=True)
+    plt.close(fig)

@@ -1,0 +1,79 @@
+"""The model a run trains: preset body fitted to the data set, optionally initialised from a weights file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from r34.config import ResNetConfig
+from r34_flax.conversion import FlatState, conversion_table, torch_to_flax
+from r34_flax.weights_io import SAFETENSORS, is_flax_file, read_flax_weights, read_torch_weights
+from train.data.pipeline import DatasetSpec
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot work; raised before any compute starts."""
+
+
+def resolve_config(preset_name: str, preset: ResNetConfig, spec: DatasetSpec) -> ResNetConfig:
+    """A single-head preset (torchvision's `fc`) takes the data set's classes and channels, as torchvision's
+    `num_classes` does; a multi-head preset must name exactly the data set's labels."""
+    if preset.single_head and len(spec.heads) == 1:
+        return preset.replace(heads=spec.heads, in_channels=spec.channels)
+    problems = []
+    if dict(preset.heads) != dict(spec.heads):
+        problems.append(f"preset {preset_name!r} has heads {dict(preset.heads)} but data set {spec.name!r} has "
+                        f"labels {dict(spec.heads)}")
+    if preset.in_channels != spec.channels:
+        problems.append(f"preset {preset_name!r} takes {preset.in_channels}-channel images, {spec.name!r} has "
+                        f"{spec.channels}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return preset.replace(heads=spec.heads)
+
+
+def read_init_weights(path: Path, config: ResNetConfig, init: FlatState) -> tuple[FlatState, list[str]]:
+    """`init` (a fresh model's flat state) with the body taken from the file at `path`.
+
+    Heads whose name or size differ are kept from `init` (re-initialised) and reported; a 3-channel stem feeding a
+    1-channel model is summed over its input channels; a body of another architecture is refused.
+    """
+    path = Path(path)
+    if path.is_dir() or (path.suffix == SAFETENSORS and is_flax_file(path)):
+        found, flat, notes = read_flax_weights(path)
+    else:
+        state_dict, notes = read_torch_weights(path)
+        found, flat = torch_to_flax(state_dict)
+    body = ("block", "stage_sizes", "widths")
+    wrong = [f"{f}={getattr(found, f)!r} (this run: {getattr(config, f)!r})" for f in body
+             if getattr(found, f) != getattr(config, f)]
+    if wrong:
+        raise ConfigError(f"--init-from {path}: the body is another architecture: " + ", ".join(wrong))
+    out = dict(init)
+    stem = ("conv1", "kernel")
+    kernel = flat[stem]
+    if found.in_channels != config.in_channels:
+        if found.in_channels == 3 and config.in_channels == 1:
+            flat = dict(flat)
+            flat[stem] = kernel.sum(axis=2, keepdims=True).astype(kernel.dtype)  # HWIO: sum over I
+            notes.append("adapted the 3-channel stem to 1 channel by summing conv1 over its input channels")
+        else:
+            raise ConfigError(f"--init-from {path}: stem takes {found.in_channels} channels, this run "
+                              f"{config.in_channels}; only 3 -> 1 can be adapted")
+    head_names = set(config.head_names) | set(found.head_names)
+    for entry in conversion_table(config):
+        head = entry.flax_path[0]
+        if head in head_names:
+            continue
+        out[entry.flax_path] = np.asarray(flat[entry.flax_path]).astype(np.asarray(init[entry.flax_path]).dtype)
+    for name, classes in config.heads:
+        if dict(found.heads).get(name) == classes:
+            for leaf in ("kernel", "bias"):
+                out[(name, leaf)] = np.asarray(flat[(name, leaf)]).astype(init[(name, leaf)].dtype)
+            notes.append(f"head {name}: loaded ({classes} classes)")
+        else:
+            had = dict(found.heads).get(name)
+            notes.append(f"head {name}: re-initialised ({classes} classes; the file has "
+                         f"{'no such head' if had is None else f'{had} classes'})")
+    return out, notes
