@@ -37,7 +37,7 @@ from train.recipe import Recipe
 
 # Smallest models that still exercise each path: `tiny` (single head), `tiny` with the grapheme34 input and
 # heads (1 channel, three heads, summed loss); the full presets at small inputs; ResNet-34 at 224 behind `slow`.
-TINY_GRAPHEME = get_preset("tiny").replace(in_channels=1, heads=get_preset("grapheme34").heads)
+TINY_GRAPHEME = get_preset("tiny_grapheme")
 CASES = {
     "tiny": (get_preset("tiny"), 32),
     "tiny_grapheme": (TINY_GRAPHEME, 32),

@@ -149,7 +149,7 @@ class ResNetConfig:
         return cls(**values)
 
 
-PRESETS: Mapping[str, ResNetConfig] = {
+PRESETS: dict[str, ResNetConfig] = {
     "resnet34": ResNetConfig(),
     "resnet18": ResNetConfig(stage_sizes=(2, 2, 2, 2)),
     # Bengali.AI handwritten grapheme classifier: ResNet-34 body on 1-channel images, three heads.
@@ -161,6 +161,8 @@ PRESETS: Mapping[str, ResNetConfig] = {
     # strided downsample (layer2-4), and a non-first block in a strided stage (layer3.1).
     "tiny": ResNetConfig(stage_sizes=(1, 1, 2, 1), widths=(8, 16, 32, 64), heads=(("fc", 10),)),
 }
+# The tiny body with grapheme34's input and heads: fast tests of the three-head paths (trainer, metric, converter).
+PRESETS["tiny_grapheme"] = PRESETS["tiny"].replace(in_channels=1, heads=PRESETS["grapheme34"].heads)
 
 
 def get_preset(name: str) -> ResNetConfig:

@@ -14,22 +14,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
-from flax import nnx, traverse_util
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from r34.config import ResNetConfig, get_preset
 from r34_flax.checkpoint import model_save_args
 from r34_flax.conversion import ConversionError, flax_model, flax_state, flax_to_torch
 from r34_flax.model import ResNet, resnet
 from r34_flax.weights_io import write_flax_weights, write_torch_weights
 from train import metrics as metrics_lib
 from train.data import pipeline
-from train.model_setup import ConfigError, read_init_weights, resolve_config
-from train.optim_flax import make_optimizer
-from train.recipe import Recipe
+from train.model_setup import ConfigError, read_init_weights
+from train.plan import Plan, make_plan
+from train.optim_flax import make_optimizer, make_schedule
 from train.step_flax import TrainState, data_mesh, init_train_state, make_train_step
 
 TRAIN_STATE, META = "train_state", "meta"
@@ -40,22 +38,11 @@ class RunError(RuntimeError):
 
 
 @dataclasses.dataclass
-class Run:
-    args: argparse.Namespace
-    spec: pipeline.DatasetSpec
-    sources: dict[str, Any]
-    config: ResNetConfig
-    recipe: Recipe
-    steps_per_epoch: int
-    total_steps: int
-    devices: list[jax.Device]
-    dtype: Any
-    workdir: Path
+class Run(Plan):
+    """The plan plus what JAX adds: devices and compute dtype."""
 
-    def identity(self) -> dict:
-        """What a checkpoint must agree on to be resumed by this run."""
-        return {"config": self.config.to_dict(), "recipe": dataclasses.asdict(self.recipe), "dataset": self.spec.name,
-                "image_size": self.spec.image_size, "batch_size": self.args.batch_size, "seed": self.args.seed}
+    devices: list[jax.Device] = dataclasses.field(default_factory=list)
+    dtype: Any = jnp.float32
 
 
 def select_devices(platform: str | None) -> list[jax.Device]:
@@ -73,24 +60,13 @@ def select_devices(platform: str | None) -> list[jax.Device]:
 
 def setup(args: argparse.Namespace) -> Run:
     """Everything checked before any compute: platform, data, model config, batch divisibility, recipe."""
-    platform = "tpu" if args.tpu else args.platform
-    devices = select_devices(platform)
-    dtype_name = args.dtype or ("bfloat16" if args.tpu else "float32")
-    dtype = jnp.bfloat16 if dtype_name == "bfloat16" else jnp.float32
-    if args.batch_size < 1 or args.batch_size % len(devices):
+    devices = select_devices("tpu" if args.tpu else args.platform)
+    dtype = jnp.bfloat16 if (args.dtype or ("bfloat16" if args.tpu else "float32")) == "bfloat16" else jnp.float32
+    if args.batch_size % len(devices):
         raise ConfigError(f"--batch-size {args.batch_size} is not divisible by the {len(devices)} devices "
                           f"({devices[0].platform}); use a multiple of {len(devices)}")
-    spec, sources = pipeline.load(args.dataset, args.data_dir, args.image_size, args.manual_dir)
-    config = resolve_config(args.preset, get_preset(args.preset), spec)
-    steps_per_epoch = pipeline.steps_per_epoch(spec.num_train, args.batch_size)
-    if steps_per_epoch == 0:
-        raise ConfigError(f"--batch-size {args.batch_size} exceeds the {spec.num_train} training examples")
-    total = args.steps if args.steps else args.epochs * steps_per_epoch
-    warmup = args.warmup_steps if args.warmup_steps is not None else min(steps_per_epoch, total // 10)
-    recipe = Recipe(optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                    warmup_steps=warmup, total_steps=total, label_smoothing=args.label_smoothing)
-    workdir = args.workdir or Path("runs") / f"{args.dataset}-{args.preset}"
-    return Run(args, spec, sources, config, recipe, steps_per_epoch, total, devices, dtype, Path(workdir))
+    plan = make_plan(args, "flax")
+    return Run(**{f.name: getattr(plan, f.name) for f in dataclasses.fields(Plan)}, devices=devices, dtype=dtype)
 
 
 def initial_model(run: Run) -> tuple[ResNet, list[str]]:
@@ -207,13 +183,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     eval_graphdef = nnx.split(model, nnx.Param, nnx.BatchStat)[0]
     manager = checkpoint_manager(run)
     logger = metrics_lib.Logger(run.workdir, enabled=lead)
-    if manager.latest_step() is not None:
-        if args.resume is False:
-            raise RunError("internal: checkpoints remain after --restart")
+    if manager.latest_step() is not None:  # --restart removed them above
         state = restore(manager, run, state)
         say(f"resumed from {run.workdir / 'checkpoints'} at step {int(state.step)}")
         logger.truncate_after(int(state.step))
     step_fn = make_train_step(graphdef, tx, run.recipe.label_smoothing, mesh)
+    schedule = make_schedule(run.recipe)
     eval_step = make_eval_step(eval_graphdef, mesh)
 
     say(f"training {args.preset} on {run.spec.name} ({run.spec.num_train} train / {run.spec.num_eval} eval, "
@@ -240,7 +215,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     raise RunError(f"loss is {values['loss']} at step {step}; last checkpoint: "
                                    f"{manager.latest_step()}")
                 values["images_per_s"] = n_log * args.batch_size / (time.perf_counter() - t_log)
-                values["lr"] = float(make_lr(run.recipe)(step - 1))
+                values["lr"] = float(schedule(step - 1))
                 logger.log(step, "train", values)
                 progress.set_postfix(loss=f"{values['loss']:.3f}",
                                      acc=f"{np.mean([v for k, v in values.items() if k.startswith('accuracy')]):.3f}",
@@ -252,8 +227,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             if step % run.steps_per_epoch == 0 or step == run.total_steps:
                 final_eval = evaluate(run, eval_step, state, mesh, shard)
                 logger.log(step, "eval", final_eval)
-                progress.write(f"step {step} (epoch {step / run.steps_per_epoch:.2f}): " +
-                               ", ".join(f"{k} {v:.4f}" for k, v in final_eval.items())) if lead else None
+                if lead:
+                    progress.write(f"step {step} (epoch {step / run.steps_per_epoch:.2f}): "
+                                   + ", ".join(f"{k} {v:.4f}" for k, v in final_eval.items()))
             if step >= run.total_steps:
                 break
     progress.close()
@@ -274,12 +250,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     f"{result['torch_rescore'][key]:.4f}")
     logger.close()
     return result
-
-
-def make_lr(recipe: Recipe) -> optax.Schedule:
-    from train.optim_flax import make_schedule
-
-    return make_schedule(recipe)
 
 
 def torch_rescore(run: Run, pth: Path) -> dict[str, float]:

@@ -1,0 +1,51 @@
+"""Run as a separate process with 8 simulated CPU devices: the trainer's jitted step on a 1-device mesh and on
+an 8-device mesh, same model, same global batches; prints the largest parameter and BN-statistic difference.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m parity_tests.sharded_step DATA_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from parity_tests.helpers import max_rel
+from r34 import get_preset
+from r34_flax import flax_state, resnet
+from train.data import pipeline
+from train.optim_flax import make_optimizer
+from train.recipe import Recipe
+from train.step_flax import data_mesh, init_train_state, make_train_step, shard_batch
+
+STEPS = 3
+
+
+def run(devices: list, spec, source) -> dict:
+    config = get_preset("tiny").replace(in_channels=1)
+    tx = make_optimizer(Recipe(lr=0.05, warmup_steps=1, total_steps=10))
+    mesh = data_mesh(devices)
+    graphdef, state = init_train_state(resnet(config, seed=0), tx, mesh)
+    step = make_train_step(graphdef, tx, 0.0, mesh)
+    for batch in list(pipeline.train_batches(source, spec, 32, seed=0, epoch=0))[:STEPS]:
+        state, _ = step(state, *shard_batch((batch["image"], batch["labels"]), mesh))
+    from flax import nnx
+
+    return flax_state(nnx.merge(graphdef, state.params, state.batch_stats))
+
+
+def main() -> None:
+    assert len(jax.devices()) == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    spec, sources = pipeline.load("sklearn_digits", Path(sys.argv[1]))
+    one, eight = run(jax.devices()[:1], spec, sources["train"]), run(jax.devices(), spec, sources["train"])
+    errors = {"/".join(map(str, k)): max_rel(one[k], eight[k]) for k in one if np.issubdtype(one[k].dtype, np.floating)}
+    counters_equal = all(np.array_equal(one[k], eight[k]) for k in one if k[-1] == "num_batches_tracked")
+    worst = max(errors, key=errors.get)
+    print(json.dumps({"steps": STEPS, "worst": worst, "rel": errors[worst], "counters_equal": counters_equal}))
+
+
+if __name__ == "__main__":
+    main()

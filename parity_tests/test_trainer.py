@@ -1,0 +1,187 @@
+"""`python -m train.flax` and `python -m train.torch` end to end on the embedded data set (tiny model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from parity_tests.bengali_files import write_competition_files
+from parity_tests.helpers import max_rel, torch_model
+from parity_tests.tolerances import F32_SHARDED_REL, F32_TRAINER_LOSS_ABS
+from r34 import get_preset
+from train import loop_flax, loop_torch
+from train.metrics import read_metrics
+
+STEPS = 24
+# Steps over which the two trainers' float32 loss curves are held to F32_TRAINER_LOSS_ABS (see tolerances.py).
+COMPARED_STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="module")
+def init_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shared starting weights: the tiny body fitted to the digits (1 channel, 10 classes)."""
+    path = tmp_path_factory.mktemp("init") / "init.pth"
+    torch.save(torch_model(get_preset("tiny").replace(in_channels=1), seed=7).state_dict(), path)
+    return path
+
+
+def flags(data_dir: Path, init_file: Path, workdir: Path, *extra: str) -> list[str]:
+    return ["--preset", "tiny", "--batch-size", "32", "--lr", "0.05", "--steps", str(STEPS), "--log-every", "1",
+            "--checkpoint-every", "4", "--no-progress", "--data-dir", str(data_dir), "--init-from", str(init_file),
+            "--workdir", str(workdir), *extra]
+
+
+def command(module: str, argv: list[str]) -> list[str]:
+    return [sys.executable, "-m", module, *argv]
+
+
+def subprocess_env(devices: int = 1) -> dict[str, str]:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, init_file: Path) -> Path:
+    """An uninterrupted single-device run, in this process."""
+    workdir = tmp_path_factory.mktemp("reference")
+    assert loop_flax.main(flags(data_dir, init_file, workdir)) == 0
+    return workdir
+
+
+def exported(workdir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(workdir / "export" / "model.pth", weights_only=True)
+
+
+def train_losses(workdir: Path) -> np.ndarray:
+    return np.array([r["loss"] for r in read_metrics(workdir / "metrics.jsonl") if r["kind"] == "train"])
+
+
+def test_short_run_learns_exports_and_rescoring_agrees(reference: Path, capsys: pytest.CaptureFixture) -> None:
+    losses = train_losses(reference)
+    assert len(losses) == STEPS
+    assert losses[-4:].mean() < losses[:4].mean() - 0.3, losses
+    evals = [r for r in read_metrics(reference / "metrics.jsonl") if r["kind"] == "eval"]
+    assert evals and "top1/fc" in evals[-1] and "top5/fc" in evals[-1]
+    for name in ("curves.png", "export/model.pth", "export/model.safetensors", "export/model_flax.safetensors"):
+        assert (reference / name).is_file(), name
+    assert list((reference / "tensorboard").glob("events.out.tfevents.*"))
+    model = torch_model(get_preset("tiny").replace(in_channels=1), seed=0)
+    model.load_state_dict(exported(reference), strict=True)
+
+
+def test_final_line_reports_equal_flax_and_torch_accuracy(tmp_path: Path, data_dir: Path, init_file: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    assert loop_flax.main(flags(data_dir, init_file, tmp_path, "--steps", "4")) == 0
+    out = capsys.readouterr().out
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final["final"]["top1/fc"] == final["torch_rescore"]["top1/fc"]
+    assert "final top1/fc: flax" in out and "torch re-score from model.pth" in out
+
+
+def test_sharded_step_equals_single_device_step(data_dir: Path) -> None:
+    """The trainer's step on an 8-device mesh computes what it computes on one device (BN over the global batch)."""
+    done = subprocess.run(command("parity_tests.sharded_step", [str(data_dir)]), env=subprocess_env(8),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"\n8 devices vs 1, {result['steps']} steps: worst rel {result['rel']:.2e} ({result['worst']})")
+    assert result["counters_equal"] and result["rel"] <= F32_SHARDED_REL, result
+
+
+def test_trainer_runs_on_eight_devices(data_dir: Path, init_file: Path, tmp_path: Path) -> None:
+    argv = flags(data_dir, init_file, tmp_path, "--steps", "2", "--batch-size", "16")
+    done = subprocess.run(command("train.flax", argv), env=subprocess_env(8), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "on 8 cpu device(s), batch 16" in done.stdout and (tmp_path / "export" / "model.pth").is_file()
+
+
+def test_resume_after_sigkill_is_bit_identical(reference: Path, data_dir: Path, init_file: Path,
+                                              tmp_path: Path) -> None:
+    argv = command("train.flax", flags(data_dir, init_file, tmp_path))
+    proc = subprocess.Popen(argv, env=subprocess_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "checkpoints" / "4"
+    deadline = time.monotonic() + 300
+    while not (first / "commit_success.txt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed: nothing was tested"
+    assert not (tmp_path / "export").exists()
+    done = subprocess.run(argv, env=subprocess_env(1), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in done.stdout
+    one, resumed = exported(reference), exported(tmp_path)
+    for k in one:
+        assert torch.equal(one[k], resumed[k]), k
+    np.testing.assert_array_equal(train_losses(reference), train_losses(tmp_path))
+
+
+def test_torch_trainer_follows_the_same_loss_curve(reference: Path, data_dir: Path, init_file: Path,
+                                                   tmp_path: Path) -> None:
+    assert loop_torch.main(flags(data_dir, init_file, tmp_path)) == 0
+    flax_losses, torch_losses = train_losses(reference), train_losses(tmp_path)
+    diff = np.abs(flax_losses - torch_losses)
+    print(f"\nflax vs torch trainer loss per step: {np.array2string(diff, precision=1)}")
+    assert diff[:COMPARED_STEPS].max() <= F32_TRAINER_LOSS_ABS, diff
+
+
+def test_bengali_run_reports_the_competition_metric(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_competition_files(tmp_path / "manual", per_file=6)
+    argv = ["--preset", "tiny_grapheme", "--dataset", "bengali_graphemes", "--manual-dir", str(tmp_path / "manual"),
+            "--data-dir", str(tmp_path / "tfds"), "--image-size", "32", "--batch-size", "4", "--steps", "3",
+            "--no-progress", "--workdir", str(tmp_path / "run")]
+    assert loop_flax.main(argv) == 0
+    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(final["final"]) >= {"grapheme_score", "top1/grapheme_root", "macro_recall/vowel_diacritic"}
+    assert final["final"]["grapheme_score"] == final["torch_rescore"]["grapheme_score"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--dataset", "no_such_set"], "unknown data set 'no_such_set'"),
+    (["--platform", "tpu"], "platform 'tpu' requested but JAX finds no such device; present: cpu"),
+    (["--tpu"], "platform 'tpu' requested"),
+    (["--preset", "grapheme34"], "preset 'grapheme34' has heads"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--batch-size", "5000"], "--batch-size 5000 exceeds the 1437 training examples"),
+    (["--dataset", "bengali_graphemes"], "bengali_graphemes is prepared from files you download yourself: manual dir"),
+])
+def test_bad_flags_are_clear_errors(extra: list[str], message: str, data_dir: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture) -> None:
+    argv = ["--preset", "tiny", "--no-progress", "--data-dir", str(data_dir), "--workdir", str(tmp_path / "w"),
+            "--manual-dir", str(tmp_path / "empty"), *extra]
+    assert loop_flax.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_init_from_another_architecture_is_refused(data_dir: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    torch.save(torch_model(get_preset("resnet18"), seed=0).state_dict(), tmp_path / "r18.pth")
+    argv = ["--preset", "tiny", "--no-progress", "--data-dir", str(data_dir), "--workdir", str(tmp_path / "w"),
+            "--init-from", str(tmp_path / "r18.pth")]
+    assert loop_flax.main(argv) == 2
+    assert "the body is another architecture: stage_sizes=(2, 2, 2, 2) (this run: (1, 1, 2, 1))" in \
+        capsys.readouterr().err
+
+
+def test_batch_not_divisible_by_devices(data_dir: Path, tmp_path: Path) -> None:
+    argv = command("train.flax", ["--preset", "tiny", "--batch-size", "12", "--data-dir", str(data_dir),
+                                  "--workdir", str(tmp_path)])
+    done = subprocess.run(argv, env=subprocess_env(8), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "--batch-size 12 is not divisible by the 8 devices (cpu); use a multiple of 8" in done.stderr

@@ -1,0 +1,141 @@
+"""The PyTorch reference run behind `python -m train.torch`: same flags, data pipeline and recipe as train.flax."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from r34_flax.conversion import ConversionError, flax_to_torch, torch_to_flax
+from r34_flax.weights_io import atomic_write, write_torch_weights
+from r34_torch import resnet as torch_resnet
+from train import metrics as metrics_lib
+from train.data import pipeline
+from train.model_setup import ConfigError, read_init_weights
+from train.optim_torch import make_optimizer
+from train.plan import Plan, make_plan
+from train.step_torch import heads_of, train_step
+
+
+def to_torch_batch(batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    images = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2)))
+    return images, {k: torch.from_numpy(v.astype(np.int64)) for k, v in batch["labels"].items()}
+
+
+def initial_model(plan: Plan) -> tuple[torch.nn.Module, list[str]]:
+    torch.manual_seed(plan.args.seed)
+    model = torch_resnet(plan.config)
+    if plan.args.init_from is None:
+        return model, []
+    _, init = torch_to_flax(model.state_dict(), plan.config)
+    flat, notes = read_init_weights(plan.args.init_from, plan.config, init)
+    model.load_state_dict(flax_to_torch(flat, plan.config), strict=True)
+    return model, notes
+
+
+def evaluate(plan: Plan, model: torch.nn.Module) -> dict[str, float]:
+    model.eval()
+    preds, top5, labels = {}, {}, {}
+    with torch.no_grad():
+        for batch in pipeline.eval_batches(plan.sources["eval"], plan.spec, plan.args.batch_size):
+            images, _ = to_torch_batch(batch)
+            for head, logits in heads_of(model(images), plan.config).items():
+                top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices.numpy()
+                y, mask = batch["labels"][head], batch["mask"]
+                preds.setdefault(head, []).append(top[:, 0][mask])
+                top5.setdefault(head, []).append((top == y[:, None]).any(-1)[mask])
+                labels.setdefault(head, []).append(y[mask])
+    model.train()
+    cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
+    return metrics_lib.summarise(cat(preds), cat(top5), cat(labels), dict(plan.config.heads))
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    plan = make_plan(args, "torch")
+    plan.workdir.mkdir(parents=True, exist_ok=True)
+    ckpt = plan.workdir / "checkpoint.pth"
+    if args.resume is False:
+        ckpt.unlink(missing_ok=True)
+        (plan.workdir / "metrics.jsonl").unlink(missing_ok=True)
+    model, notes = initial_model(plan)
+    for note in notes:
+        print(f"init: {note}")
+    optimizer, scheduler = make_optimizer(model.parameters(), plan.recipe)
+    logger = metrics_lib.Logger(plan.workdir)
+    step = 0
+    if ckpt.exists():
+        saved = torch.load(ckpt, weights_only=True)
+        if saved["identity"] != json.loads(json.dumps(plan.identity())):
+            raise ConfigError(f"working directory {plan.workdir} holds a checkpoint of a different configuration; "
+                              "use another --workdir or --restart")
+        model.load_state_dict(saved["model"], strict=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        step = int(saved["step"])
+        logger.truncate_after(step)
+        print(f"resumed from {ckpt} at step {step}")
+
+    def save() -> None:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "step": step, "identity": plan.identity()}
+        atomic_write(ckpt, lambda tmp: torch.save(state, tmp), force=True)
+
+    print(f"training {args.preset} (PyTorch) on {plan.spec.name}, batch {args.batch_size}, {plan.total_steps} steps")
+    model.train()
+    progress = tqdm(total=plan.total_steps, initial=step, disable=args.no_progress, unit="step", dynamic_ncols=True)
+    final_eval: dict[str, float] = {}
+    t_log, n_log = time.perf_counter(), 0
+    while step < plan.total_steps:
+        epoch, offset = divmod(step, plan.steps_per_epoch)
+        for batch in pipeline.train_batches(plan.sources["train"], plan.spec, args.batch_size, args.seed, epoch,
+                                            offset):
+            images, labels = to_torch_batch(batch)
+            lr = optimizer.param_groups[0]["lr"]
+            step_metrics = train_step(model, optimizer, scheduler, images, labels, plan.recipe.label_smoothing)
+            step += 1
+            n_log += 1
+            if step % args.log_every == 0 or step == plan.total_steps:
+                values = {k: float(v) for k, v in step_metrics.items()}
+                values["images_per_s"] = n_log * args.batch_size / (time.perf_counter() - t_log)
+                values["lr"] = lr
+                logger.log(step, "train", values)
+                progress.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{values['images_per_s']:.0f}")
+                t_log, n_log = time.perf_counter(), 0
+            progress.update(1)
+            if step % args.checkpoint_every == 0:
+                save()
+            if step % plan.steps_per_epoch == 0 or step == plan.total_steps:
+                final_eval = evaluate(plan, model)
+                logger.log(step, "eval", final_eval)
+                progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in final_eval.items()))
+            if step >= plan.total_steps:
+                break
+    progress.close()
+    save()
+    export = plan.workdir / "export"
+    export.mkdir(exist_ok=True)
+    write_torch_weights(export / "model.pth", model.state_dict(), force=True)
+    metrics_lib.plot_curves(logger.path, plan.workdir / "curves.png", f"{args.preset} (PyTorch) on {plan.spec.name}")
+    logger.close()
+    return {"step": step, "eval": final_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from train.cli import build_parser
+
+    args = build_parser("python -m train.torch", "Train the PyTorch ResNet twin (the reference).",
+                        flax=False).parse_args(argv)
+    try:
+        result = train(args)
+    except (ConfigError, pipeline.DataError, ConversionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"final": result["eval"]}))
+    return 0
