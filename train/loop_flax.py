@@ -172,7 +172,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if args.resume is False and (run.workdir / "checkpoints").exists() and lead:
         shutil.rmtree(run.workdir / "checkpoints")
         (run.workdir / "metrics.jsonl").unlink(missing_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str((run.workdir / "jax_cache").resolve()))
+    jax.config.update("jax_compilation_cache_dir", str(Path(args.compile_cache).resolve()))
 
     model, notes = initial_model(run)
     for note in notes:

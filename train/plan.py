@@ -14,6 +14,10 @@ from train.model_setup import ConfigError, resolve_config
 from train.recipe import Recipe
 
 
+# Per optimizer: (peak lr, weight decay) when the flags leave them out.
+DEFAULTS = {"sgd": (0.1, 1e-4), "adamw": (2e-3, 0.05)}
+
+
 @dataclasses.dataclass
 class Plan:
     args: argparse.Namespace
@@ -48,8 +52,11 @@ def make_plan(args: argparse.Namespace, framework: str) -> Plan:
         raise ConfigError(f"--batch-size {args.batch_size} exceeds the {spec.num_train} training examples")
     total = args.steps if args.steps else args.epochs * steps_per_epoch
     warmup = args.warmup_steps if args.warmup_steps is not None else min(steps_per_epoch, total // 10)
+    lr, weight_decay = DEFAULTS[args.optimizer]
+    lr = lr if args.lr is None else args.lr
+    weight_decay = weight_decay if args.weight_decay is None else args.weight_decay
     try:
-        recipe = Recipe(optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+        recipe = Recipe(optimizer=args.optimizer, lr=lr, momentum=args.momentum, weight_decay=weight_decay,
                         warmup_steps=warmup, total_steps=total, label_smoothing=args.label_smoothing)
     except ValueError as e:
         raise ConfigError(str(e)) from None
