@@ -1,7 +1,9 @@
 """Run as a separate process with 8 simulated CPU devices: the trainer's jitted step on a 1-device mesh and on
 an 8-device mesh, same model, same global batches; prints the largest parameter and BN-statistic difference.
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m parity_tests.sharded_step DATA_DIR
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m parity_tests.sharded_step DATA_DIR [TRAINER FLAGS]
+
+With trainer flags it then runs `train.flax` with them in the same 8-device process.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ def main() -> None:
     counters_equal = all(np.array_equal(one[k], eight[k]) for k in one if k[-1] == "num_batches_tracked")
     worst = max(errors, key=errors.get)
     print(json.dumps({"steps": STEPS, "worst": worst, "rel": errors[worst], "counters_equal": counters_equal}))
+    if len(sys.argv) > 2:
+        from train.loop_flax import main as train_main
+
+        sys.exit(train_main(sys.argv[2:]))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from parity_tests.bengali_files import write_competition_files
 from train.data import bengali_graphemes, pipeline
 from train.metrics import summarise
 
@@ -79,9 +78,8 @@ def test_unknown_dataset_is_a_clear_error(tmp_path: Path) -> None:
         pipeline.load("no_such_set", tmp_path)
 
 
-def test_bengali_builder_reads_the_competition_format(tmp_path: Path) -> None:
-    manual = tmp_path / "manual"
-    labels = write_competition_files(manual, per_file=5)
+def test_bengali_builder_reads_the_competition_format(tmp_path: Path, bengali_files: tuple[Path, dict]) -> None:
+    manual, labels = bengali_files
     spec, sources = pipeline.load("bengali_graphemes", tmp_path / "tfds", image_size=32, manual_dir=manual)
     assert spec.heads == bengali_graphemes.HEADS and spec.channels == 1 and spec.eval_split == "validation"
     assert spec.num_train + spec.num_eval == 20 == len(labels)

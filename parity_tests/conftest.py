@@ -1,0 +1,17 @@
+"""Fixtures shared across test files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from parity_tests.bengali_files import write_competition_files
+
+
+@pytest.fixture(scope="session")
+def bengali_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """(manual dir, labels by image_id) of a small set of competition files in their exact format. Written once:
+    parquet files with 32,333 columns are slow to write."""
+    manual = tmp_path_factory.mktemp("bengali") / "manual"
+    return manual, write_competition_files(manual, per_file=5)
