@@ -253,28 +253,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def torch_rescore(run: Run, pth: Path) -> dict[str, float]:
-    """The PyTorch twin, loaded strictly from the exported .pth, scores the same eval set."""
+    """The PyTorch twin, loaded strictly from the exported .pth, scores the same eval set (train.torch's eval)."""
     import torch
 
     from r34_torch import resnet as torch_resnet
+    from train.loop_torch import evaluate
 
     model = torch_resnet(run.config)
     model.load_state_dict(torch.load(pth, weights_only=True), strict=True)
-    model.eval()
-    preds, top5, labels = {}, {}, {}
-    with torch.no_grad():
-        for batch in pipeline.eval_batches(run.sources["eval"], run.spec, run.args.batch_size):
-            out = model(torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2))))
-            out = out if isinstance(out, dict) else {run.config.head_names[0]: out}
-            mask = batch["mask"]
-            for head, logits in out.items():
-                top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices.numpy()
-                y = batch["labels"][head]
-                preds.setdefault(head, []).append(top[:, 0][mask])
-                top5.setdefault(head, []).append((top == y[:, None]).any(-1)[mask])
-                labels.setdefault(head, []).append(y[mask])
-    cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
-    return metrics_lib.summarise(cat(preds), cat(top5), cat(labels), dict(run.config.heads))
+    return evaluate(run, model)
 
 
 def main(argv: list[str] | None = None) -> int:
