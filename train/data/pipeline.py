@@ -1,0 +1,204 @@
+"""Input pipeline: TFDS data sources read by grain, no TensorFlow needed.
+
+A split is a random-access TFDS `ArrayRecordDataSource`; grain shuffles it per epoch (seeded), keeps this
+process's shard of each epoch, augments with per-example seeds, batches and prefetches in threads. Batch k of
+epoch e depends only on (seed, e, k), so a resumed run reads exactly the batches the interrupted one would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from train.data import bengali_graphemes, sklearn_digits
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+Batch = dict[str, Any]  # {"image": float32 NHWC, "labels": {head: int32}, "mask": bool (eval only)}
+
+
+class DataError(ValueError):
+    """A data set that cannot be found, prepared or used; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What the trainer needs to know about a data set."""
+
+    name: str
+    heads: tuple[tuple[str, int], ...]  # model head -> classes
+    label_keys: Mapping[str, str]  # model head -> feature name in the data
+    channels: int
+    image_size: int
+    train_split: str
+    eval_split: str
+    flip: bool  # horizontal flips are label-preserving (natural images; not digits or script)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_train: int
+    num_eval: int
+
+
+BUILDERS = {"sklearn_digits": sklearn_digits.SklearnDigits, "bengali_graphemes": bengali_graphemes.BengaliGraphemes}
+
+
+def _builder(name: str, data_dir: Path, manual_dir: Path | None) -> tfds.core.DatasetBuilder:
+    if name in BUILDERS:
+        builder = BUILDERS[name](data_dir=str(data_dir), file_format="array_record")
+    else:
+        try:
+            builder = tfds.builder(name, data_dir=str(data_dir), file_format="array_record")
+        except tfds.core.registered.DatasetNotFoundError as e:
+            raise DataError(f"unknown data set {name!r}: not one of this project's ({', '.join(BUILDERS)}) "
+                            f"nor a TFDS data set ({e})") from None
+    if not builder.is_prepared():
+        instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+        manual = Path(manual_dir) if manual_dir else Path(data_dir) / "downloads" / "manual"
+        if instructions and not manual.is_dir():
+            raise DataError(f"{name} is prepared from files you download yourself: manual dir {manual} does not "
+                            f"exist (set --manual-dir). {instructions.strip()}")
+        config = tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
+        try:
+            builder.download_and_prepare(file_format="array_record", download_config=config)
+        except Exception as e:  # network, TensorFlow (needed to encode images of most TFDS sets), manual files
+            raise DataError(f"cannot prepare data set {name!r} in {data_dir}: {type(e).__name__}: {e}. "
+                            "Preparing most TFDS image data sets needs network access and `pip install "
+                            "tensorflow`; reading one already prepared in array_record format needs neither.") from e
+    return builder
+
+
+def load(name: str, data_dir: Path, image_size: int | None = None, manual_dir: Path | None = None
+         ) -> tuple[DatasetSpec, dict[str, Any]]:
+    """(spec, {"train": source, "eval": source}) for `name`, preparing it into `data_dir` if needed."""
+    builder = _builder(name, Path(data_dir), manual_dir)
+    features = builder.info.features
+    labels = {k: f for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)}
+    if not labels or "image" not in features:
+        raise DataError(f"{name}: needs an 'image' feature and at least one ClassLabel, has {list(features)}")
+    if list(labels) == ["label"]:
+        heads, label_keys = (("fc", labels["label"].num_classes),), {"fc": "label"}
+    else:
+        heads = tuple((k, f.num_classes) for k, f in labels.items())
+        label_keys = {k: k for k in labels}
+        if name == "bengali_graphemes":  # keep the competition's head order: root, vowel, consonant
+            heads, label_keys = bengali_graphemes.HEADS, {k: k for k, _ in bengali_graphemes.HEADS}
+    shape = features["image"].shape
+    channels = shape[-1] if shape and shape[-1] is not None else 3
+    known = set(builder.info.splits) or {"train", "test", "validation"}  # mocked builders list no splits
+    sources = {s: builder.as_data_source(split=s) for s in ("train", "test", "validation") if s in known}
+    eval_split = next((s for s in ("test", "validation") if s in sources), None)
+    if "train" not in sources or eval_split is None:
+        raise DataError(f"{name}: needs a 'train' split and a 'test' or 'validation' split, has {list(sources)}")
+    natural = name not in BUILDERS and name not in ("mnist", "fashion_mnist", "emnist", "kmnist")
+    mean = IMAGENET_MEAN if channels == 3 else (0.5,) * channels
+    std = IMAGENET_STD if channels == 3 else (0.5,) * channels
+    size = image_size or (shape[0] if shape and shape[0] is not None else 224)
+    spec = DatasetSpec(name, heads, label_keys, channels, size, "train", eval_split, natural, mean, std,
+                       len(sources["train"]), len(sources[eval_split]))
+    return spec, {"train": sources["train"], "eval": sources[eval_split]}
+
+
+# -------------------------------------------------------------------------------------------- transforms
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    channels = image.shape[-1]
+    pil = Image.fromarray(image[..., 0] if channels == 1 else image)
+    out = np.asarray(pil.resize((size, size), Image.BILINEAR))
+    return out[..., None] if channels == 1 else out
+
+
+def _normalise(image: np.ndarray, spec: DatasetSpec) -> np.ndarray:
+    x = image.astype(np.float32) / 255.0
+    return (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+
+
+def _labels(example: Mapping[str, Any], spec: DatasetSpec) -> dict[str, np.ndarray]:
+    return {head: np.int32(example[key]) for head, key in spec.label_keys.items()}
+
+
+def train_transform(example: Mapping[str, Any], rng: np.random.Generator, spec: DatasetSpec) -> Batch:
+    """Resize, random crop (zero-pad by size/8, crop back), flip where label-preserving, normalise."""
+    image = _resize(np.asarray(example["image"]), spec.image_size)
+    pad = max(1, spec.image_size // 8)
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    top, left = rng.integers(0, 2 * pad + 1, size=2)
+    image = padded[top:top + spec.image_size, left:left + spec.image_size]
+    if spec.flip and rng.random() < 0.5:
+        image = image[:, ::-1]
+    return {"image": _normalise(image, spec), "labels": _labels(example, spec)}
+
+
+def eval_transform(example: Mapping[str, Any], spec: DatasetSpec) -> Batch:
+    return {"image": _normalise(_resize(np.asarray(example["image"]), spec.image_size), spec),
+            "labels": _labels(example, spec), "mask": np.bool_(True)}
+
+
+# -------------------------------------------------------------------------------------------- loaders
+
+
+@dataclasses.dataclass(frozen=True)
+class Sharding:
+    """This process's part of every global batch."""
+
+    index: int = 0
+    count: int = 1
+
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+    return num_examples // global_batch
+
+
+def train_batches(source: Any, spec: DatasetSpec, global_batch: int, seed: int, epoch: int, start_batch: int = 0,
+                  shard: Sharding = Sharding(), prefetch_threads: int = 4) -> Iterator[Batch]:
+    """Batches of one training epoch for this process, from batch `start_batch` on (to resume mid-epoch)."""
+    if global_batch % shard.count:
+        raise DataError(f"global batch {global_batch} is not divisible by the {shard.count} processes")
+    steps = steps_per_epoch(len(source), global_batch)
+    if steps == 0:
+        raise DataError(f"{spec.name}: {len(source)} training examples are fewer than one batch of {global_batch}")
+    # Each process takes its slice of each global batch, so the global batch is the same for any process count.
+    per_process = global_batch // shard.count
+    ds = grain.MapDataset.source(source).seed(seed + epoch).shuffle()[: steps * global_batch]
+    ds = ds.random_map(lambda ex, rng: train_transform(ex, rng, spec))
+    ds = ds.batch(global_batch, drop_remainder=True)[start_batch:steps]
+    ds = ds.map(lambda b: _process_slice(b, shard.index * per_process, per_process))
+    options = grain.ReadOptions(num_threads=prefetch_threads, prefetch_buffer_size=2)
+    return iter(ds.to_iter_dataset(options))
+
+
+def eval_batches(source: Any, spec: DatasetSpec, global_batch: int, shard: Sharding = Sharding(),
+                 prefetch_threads: int = 4) -> Iterator[Batch]:
+    """The whole eval split once, in order; the last batch is padded to full size with mask False."""
+    per_process = global_batch // shard.count
+    n = len(source)
+    batches = -(-n // global_batch)
+    ds = grain.MapDataset.source(source).map(lambda ex: eval_transform(ex, spec))
+    ds = ds.batch(global_batch, drop_remainder=False)[:batches]
+    ds = ds.map(lambda b: _process_slice(_pad(b, global_batch), shard.index * per_process, per_process))
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch_threads, prefetch_buffer_size=2)))
+
+
+def _pad(batch: Batch, size: int) -> Batch:
+    n = len(batch["mask"])
+    if n == size:
+        return batch
+    pad = lambda a: np.concatenate([a, np.zeros((size - n,) + a.shape[1:], a.dtype)])  # noqa: E731
+    return {"image": pad(batch["image"]), "labels": {k: pad(v) for k, v in batch["labels"].items()},
+            "mask": pad(batch["mask"])}
+
+
+def _process_slice(batch: Batch, start: int, size: int) -> Batch:
+    take = lambda a: a[start:start + size]  # noqa: E731
+    out = {"image": take(batch["image"]), "labels": {k: take(v) for k, v in batch["labels"].items()}}
+    if "mask" in batch:
+        out["mask"] = take(batch["mask"])
+    return out
