@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,3 +182,62 @@ def test_batch_not_divisible_by_devices(data_dir: Path, tmp_path: Path) -> None:
     done = subprocess.run(argv, env=subprocess_env(8), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert "--batch-size 12 is not divisible by the 8 devices (cpu); use a multiple of 8" in done.stderr
+
+
+def copy_run(reference: Path, tmp_path: Path) -> Path:
+    workdir = tmp_path / "run"
+    shutil.copytree(reference, workdir)
+    shutil.rmtree(workdir / "export")
+    return workdir
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(reference: Path, data_dir: Path, init_file: Path,
+                                                              tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    workdir = copy_run(reference, tmp_path)
+    newest = workdir / "checkpoints" / str(STEPS)
+    for f in (newest / "train_state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # truncated, as by a crash mid-write
+    assert loop_flax.main(flags(data_dir, init_file, workdir)) == 0
+    captured = capsys.readouterr()
+    assert f"warning: checkpoint step {STEPS} in {workdir / 'checkpoints'} is unreadable" in captured.err
+    assert f"resumed from {workdir / 'checkpoints'} at step {STEPS - 4}" in captured.out
+    one, again = exported(reference), exported(workdir)
+    assert all(torch.equal(one[k], again[k]) for k in one)  # the 4 steps were redone exactly
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_silent_restart(reference: Path, data_dir: Path, init_file: Path,
+                                                                 tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    workdir = copy_run(reference, tmp_path)
+    for f in (workdir / "checkpoints").rglob("*"):
+        if f.is_file() and "train_state" in f.parts:
+            f.write_bytes(b"")
+    assert loop_flax.main(flags(data_dir, init_file, workdir)) == 2
+    err = capsys.readouterr().err
+    assert "no readable checkpoint" in err and "pass --restart to start over on purpose" in err
+    assert loop_flax.main(flags(data_dir, init_file, workdir)) == 2  # still refused: they were set aside, not lost
+    assert "only damaged ones" in capsys.readouterr().err
+    assert loop_flax.main(flags(data_dir, init_file, workdir, "--restart", "--steps", "2")) == 0
+    assert "resumed" not in capsys.readouterr().out
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir: Path, init_file: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    argv = flags(data_dir, init_file, tmp_path, "--lr", "1e30", "--warmup-steps", "0", "--checkpoint-every", "1")
+    assert loop_flax.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: loss is" in err and "the last good checkpoint is step" in err
+    step = int(err.split("the last good checkpoint is step ")[1].split()[0])
+    nan_step = int(err.split(" at step ")[1].split()[0])
+    assert step == nan_step - 1 and (tmp_path / "checkpoints" / str(step)).is_dir()
+    assert not (tmp_path / "checkpoints" / str(nan_step)).exists()
+
+
+def test_skip_nonfinite_steps(data_dir: Path, init_file: Path, tmp_path: Path) -> None:
+    argv = flags(data_dir, init_file, tmp_path, "--lr", "1e30", "--warmup-steps", "0", "--steps", "6",
+                 "--skip-nonfinite")
+    assert loop_flax.main(argv) == 0
+    skipped = [r.get("skipped") for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert any(skipped), skipped
+    state = exported(tmp_path)
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

@@ -56,4 +56,6 @@ def build_parser(prog: str, description: str, flax: bool) -> argparse.ArgumentPa
                             "--tpu)")
         p.add_argument("--platform", choices=["cpu", "gpu", "tpu"], help="require this JAX platform")
         p.add_argument("--tpu", action="store_true", help="require TPU devices (bfloat16 compute unless --dtype)")
+        p.add_argument("--skip-nonfinite", action="store_true",
+                       help="skip steps whose loss or gradients are NaN/Inf instead of stopping the run")
     return p

@@ -97,15 +97,57 @@ def save(manager: ocp.CheckpointManager, run: Run, state: TrainState, graphdef: 
 
 
 def restore(manager: ocp.CheckpointManager, run: Run, state: TrainState) -> TrainState:
-    step = manager.latest_step()
-    meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
-    if meta["run"] != run.identity():
-        differs = sorted(k for k in run.identity() if meta["run"].get(k) != run.identity()[k])
-        raise ConfigError(f"working directory {run.workdir} holds a checkpoint (step {step}) of a different "
-                          f"configuration ({', '.join(differs)} differ); use another --workdir or --restart")
+    """The newest readable checkpoint; an unreadable one (truncated, half-written by a crash) is named and skipped
+    for the one before. None readable is an error: starting over silently would lose the run."""
+    directory = run.workdir / "checkpoints"
+    steps = sorted(manager.all_steps(), reverse=True)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = manager.restore(step, args=ocp.args.Composite(**{TRAIN_STATE: ocp.args.StandardRestore(abstract)}))
-    return restored[TRAIN_STATE]
+    for step in steps:
+        try:
+            meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+        except Exception as e:  # orbax raises many types for damaged files
+            set_aside(manager, run, step, e)
+            continue
+        if meta["run"] != run.identity():
+            differs = sorted(k for k in run.identity() if meta["run"].get(k) != run.identity()[k])
+            raise ConfigError(f"working directory {run.workdir} holds a checkpoint (step {step}) of a different "
+                              f"configuration ({', '.join(differs)} differ); use another --workdir or --restart")
+        try:
+            args = ocp.args.Composite(**{TRAIN_STATE: ocp.args.StandardRestore(abstract)})
+            return manager.restore(step, args=args)[TRAIN_STATE]
+        except Exception as e:
+            set_aside(manager, run, step, e)
+    raise RunError(f"no readable checkpoint in {directory} (tried steps {steps}); refusing to start over "
+                   "silently: pass --restart to start over on purpose")
+
+
+def set_aside(manager: ocp.CheckpointManager, run: Run, step: int, error: Exception) -> None:
+    """Name an unreadable checkpoint and move it out of the way (kept for inspection): the run will write that
+    step again."""
+    source = run.workdir / "checkpoints" / str(step)
+    target = run.workdir / "checkpoints_damaged" / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    warn(f"checkpoint step {step} in {run.workdir / 'checkpoints'} is unreadable ({type(error).__name__}: "
+         f"{str(error)[:300]}); moved to {target}; trying the previous one")
+    if jax.process_index() == 0:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(source), str(target))
+    manager.reload()
+
+
+def warn(message: str) -> None:
+    if jax.process_index() == 0:
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def check_finite(values: dict[str, float], checked: int, step: int, manager: ocp.CheckpointManager,
+                 run: Run) -> None:
+    """Stop on a NaN/Inf loss, naming the steps it can lie in and the last good checkpoint (kept)."""
+    if np.isfinite(values["loss"]) or run.args.skip_nonfinite:
+        return
+    manager.wait_until_finished()
+    raise RunError(f"loss is {values['loss']} at step {step} (non-finite somewhere in steps {checked + 1}-{step}); "
+                   f"the last good checkpoint is step {manager.latest_step()} in {run.workdir / 'checkpoints'}; "
+                   "lower --lr, or pass --skip-nonfinite to skip such steps")
 
 
 def make_eval_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh):
@@ -169,8 +211,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     mesh = data_mesh(run.devices)
     shard = pipeline.Sharding(jax.process_index(), jax.process_count())
     run.workdir.mkdir(parents=True, exist_ok=True)
-    if args.resume is False and (run.workdir / "checkpoints").exists() and lead:
-        shutil.rmtree(run.workdir / "checkpoints")
+    damaged = run.workdir / "checkpoints_damaged"
+    if args.resume is False and lead:
+        for old in (run.workdir / "checkpoints", damaged):
+            shutil.rmtree(old, ignore_errors=True)
         (run.workdir / "metrics.jsonl").unlink(missing_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(Path(args.compile_cache).resolve()))
 
@@ -185,9 +229,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     logger = metrics_lib.Logger(run.workdir, enabled=lead)
     if manager.latest_step() is not None:  # --restart removed them above
         state = restore(manager, run, state)
+    elif damaged.exists() and any(damaged.iterdir()):
+        raise RunError(f"no readable checkpoint in {run.workdir / 'checkpoints'}, only damaged ones in {damaged}; "
+                       "refusing to start over silently: pass --restart to start over on purpose")
         say(f"resumed from {run.workdir / 'checkpoints'} at step {int(state.step)}")
         logger.truncate_after(int(state.step))
-    step_fn = make_train_step(graphdef, tx, run.recipe.label_smoothing, mesh)
+    step_fn = make_train_step(graphdef, tx, run.recipe.label_smoothing, mesh, args.skip_nonfinite)
     schedule = make_schedule(run.recipe)
     eval_step = make_eval_step(eval_graphdef, mesh)
 
@@ -199,7 +246,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     dynamic_ncols=True)
     final_eval: dict[str, float] = {}
     t_log, n_log = time.perf_counter(), 0
-    step = start
+    step = checked = start
     while step < run.total_steps:
         epoch, offset = divmod(step, run.steps_per_epoch)
         batches = pipeline.train_batches(run.sources["train"], run.spec, args.batch_size, args.seed, epoch, offset,
@@ -211,9 +258,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             n_log += 1
             if step % args.log_every == 0 or step == run.total_steps:
                 values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}  # the only host sync
-                if not np.isfinite(values["loss"]):
-                    raise RunError(f"loss is {values['loss']} at step {step}; last checkpoint: "
-                                   f"{manager.latest_step()}")
+                check_finite(values, checked, step, manager, run)
+                checked = step
                 values["images_per_s"] = n_log * args.batch_size / (time.perf_counter() - t_log)
                 values["lr"] = float(schedule(step - 1))
                 logger.log(step, "train", values)
@@ -223,6 +269,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 t_log, n_log = time.perf_counter(), 0
             progress.update(1)
             if step % args.checkpoint_every == 0:
+                # Never checkpoint a diverged state: this sync is as rare as checkpoints.
+                check_finite({k: float(v) for k, v in jax.device_get(step_metrics).items()}, checked, step,
+                             manager, run)
+                checked = step
                 save(manager, run, state, graphdef)
             if step % run.steps_per_epoch == 0 or step == run.total_steps:
                 final_eval = evaluate(run, eval_step, state, mesh, shard)

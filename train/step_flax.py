@@ -79,7 +79,7 @@ def loss_fn(
 
 def train_step(
     state: TrainState, images: jax.Array, labels: Labels, *, graphdef: nnx.GraphDef,
-    tx: optax.GradientTransformation, label_smoothing: float,
+    tx: optax.GradientTransformation, label_smoothing: float, skip_nonfinite: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (batch_stats, heads)), grads = grad_fn(state.params, state.batch_stats, graphdef, images, labels,
@@ -89,7 +89,16 @@ def train_step(
     metrics = {"loss": loss}
     for name, logits in heads.items():
         metrics[f"accuracy/{name}"] = jnp.mean(jnp.argmax(logits, -1) == labels[name])
-    return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
+    new = TrainState(state.step + 1, params, batch_stats, opt_state)
+    if skip_nonfinite:
+        # A step with a NaN/Inf loss or gradient leaves params, statistics and optimizer state as they were; its
+        # batch is consumed (the step counter moves on), and the step is counted in metrics["skipped"].
+        ok = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        keep = lambda n, o: jnp.where(ok, n, o)  # noqa: E731
+        new = TrainState(new.step, *(jax.tree.map(keep, n, o) for n, o in (
+            (params, state.params), (batch_stats, state.batch_stats), (opt_state, state.opt_state))))
+        metrics["skipped"] = (~ok).astype(jnp.int32)
+    return new, metrics
 
 
 def data_mesh(devices: list[jax.Device] | None = None) -> Mesh:
@@ -100,13 +109,15 @@ def data_mesh(devices: list[jax.Device] | None = None) -> Mesh:
 
 def make_train_step(
     graphdef: nnx.GraphDef, tx: optax.GradientTransformation, label_smoothing: float, mesh: Mesh,
+    skip_nonfinite: bool = False,
 ) -> Callable[[TrainState, jax.Array, Labels], tuple[TrainState, dict[str, jax.Array]]]:
     """The jitted step: `state, metrics = step(state, images, labels)`; `state` is donated."""
     replicated = NamedSharding(mesh, PartitionSpec())
     batch = NamedSharding(mesh, PartitionSpec("data"))
 
     def step(state: TrainState, images: jax.Array, labels: Labels) -> tuple[TrainState, dict[str, jax.Array]]:
-        return train_step(state, images, labels, graphdef=graphdef, tx=tx, label_smoothing=label_smoothing)
+        return train_step(state, images, labels, graphdef=graphdef, tx=tx, label_smoothing=label_smoothing,
+                          skip_nonfinite=skip_nonfinite)
 
     return jax.jit(
         step,
