@@ -229,11 +229,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     logger = metrics_lib.Logger(run.workdir, enabled=lead)
     if manager.latest_step() is not None:  # --restart removed them above
         state = restore(manager, run, state)
+        say(f"resumed from {run.workdir / 'checkpoints'} at step {int(state.step)}")
+        logger.truncate_after(int(state.step))
     elif damaged.exists() and any(damaged.iterdir()):
         raise RunError(f"no readable checkpoint in {run.workdir / 'checkpoints'}, only damaged ones in {damaged}; "
                        "refusing to start over silently: pass --restart to start over on purpose")
-        say(f"resumed from {run.workdir / 'checkpoints'} at step {int(state.step)}")
-        logger.truncate_after(int(state.step))
     step_fn = make_train_step(graphdef, tx, run.recipe.label_smoothing, mesh, args.skip_nonfinite)
     schedule = make_schedule(run.recipe)
     eval_step = make_eval_step(eval_graphdef, mesh)

@@ -171,7 +171,7 @@ def train_batches(source: Any, spec: DatasetSpec, global_batch: int, seed: int, 
     ds = ds.random_map(lambda ex, rng: train_transform(ex, rng, spec))
     ds = ds.batch(global_batch, drop_remainder=True)[start_batch:steps]
     ds = ds.map(lambda b: _process_slice(b, shard.index * per_process, per_process))
-    options = grain.ReadOptions(num_threads=prefetch_threads, prefetch_buffer_size=2)
+    options = grain.ReadOptions(num_threads=prefetch_threads, prefetch_buffer_size=prefetch_threads)
     return iter(ds.to_iter_dataset(options))
 
 
@@ -184,7 +184,8 @@ def eval_batches(source: Any, spec: DatasetSpec, global_batch: int, shard: Shard
     ds = grain.MapDataset.source(source).map(lambda ex: eval_transform(ex, spec))
     ds = ds.batch(global_batch, drop_remainder=False)[:batches]
     ds = ds.map(lambda b: _process_slice(_pad(b, global_batch), shard.index * per_process, per_process))
-    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch_threads, prefetch_buffer_size=2)))
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch_threads,
+                                                     prefetch_buffer_size=prefetch_threads)))
 
 
 def _pad(batch: Batch, size: int) -> Batch:
