@@ -15,3 +15,9 @@ def bengali_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
     parquet files with 32,333 columns are slow to write."""
     manual = tmp_path_factory.mktemp("bengali") / "manual"
     return manual, write_competition_files(manual, per_file=5)
+
+
+@pytest.fixture(scope="session")
+def bengali_data_dir(tmp_path_factory: pytest.TempPathFactory, bengali_files: tuple[Path, dict]) -> Path:
+    """A TFDS data dir where bengali_graphemes gets prepared (at 32 px) by the first test that loads it."""
+    return tmp_path_factory.mktemp("bengali_tfds")

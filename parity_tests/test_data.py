@@ -78,9 +78,10 @@ def test_unknown_dataset_is_a_clear_error(tmp_path: Path) -> None:
         pipeline.load("no_such_set", tmp_path)
 
 
-def test_bengali_builder_reads_the_competition_format(tmp_path: Path, bengali_files: tuple[Path, dict]) -> None:
+def test_bengali_builder_reads_the_competition_format(bengali_files: tuple[Path, dict],
+                                                      bengali_data_dir: Path) -> None:
     manual, labels = bengali_files
-    spec, sources = pipeline.load("bengali_graphemes", tmp_path / "tfds", image_size=32, manual_dir=manual)
+    spec, sources = pipeline.load("bengali_graphemes", bengali_data_dir, image_size=32, manual_dir=manual)
     assert spec.heads == bengali_graphemes.HEADS and spec.channels == 1 and spec.eval_split == "validation"
     assert spec.num_train + spec.num_eval == 20 == len(labels)
     seen = {}

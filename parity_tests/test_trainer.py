@@ -6,11 +6,13 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -93,19 +95,30 @@ def test_final_line_reports_equal_flax_and_torch_accuracy(tmp_path: Path, data_d
     assert "final top1/fc: flax" in out and "torch re-score from model.pth" in out
 
 
-def test_eight_devices(data_dir: Path, init_file: Path, tmp_path: Path) -> None:
-    """In one 8-device process: the trainer's step on an 8-device mesh computes what it computes on one device
-    (BN over the global batch), and the whole trainer runs data-parallel on the 8 devices."""
-    argv = [str(data_dir), *flags(data_dir, init_file, tmp_path, "--steps", "2", "--batch-size", "16")]
+MULTI_DEVICE = ("--steps", "3", "--batch-size", "16", "--checkpoint-every", "2")
+
+
+@pytest.fixture(scope="module")
+def eight_devices(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, init_file: Path) -> tuple[Path, str]:
+    """One 8-device process: the sharded-step comparison, then the trainer with MULTI_DEVICE flags."""
+    workdir = tmp_path_factory.mktemp("eight")
+    argv = [str(data_dir), *flags(data_dir, init_file, workdir, *MULTI_DEVICE)]
     done = subprocess.run(command("parity_tests.sharded_step", argv), env=subprocess_env(8),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.strip().splitlines()
+    return workdir, done.stdout
+
+
+def test_eight_devices(eight_devices: tuple[Path, str]) -> None:
+    """The trainer's step on an 8-device mesh computes what it computes on one device (BN over the global batch),
+    and the whole trainer runs data-parallel on the 8 devices."""
+    workdir, stdout = eight_devices
+    lines = stdout.strip().splitlines()
     result = json.loads(next(line for line in lines if line.startswith('{"steps"')))
     print(f"\n8 devices vs 1, {result['steps']} steps: worst rel {result['rel']:.2e} ({result['worst']})")
     assert result["counters_equal"] and result["rel"] <= F32_SHARDED_REL, result
     assert any("on 8 cpu device(s), batch 16" in line for line in lines)
-    assert (tmp_path / "export" / "model.pth").is_file()
+    assert (workdir / "export" / "model.pth").is_file()
 
 
 def test_resume_after_sigkill_is_bit_identical(reference: Path, data_dir: Path, init_file: Path,
@@ -139,9 +152,9 @@ def test_torch_trainer_follows_the_same_loss_curve(reference: Path, data_dir: Pa
 
 
 def test_bengali_run_reports_the_competition_metric(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                    bengali_files: tuple[Path, dict]) -> None:
+                                                    bengali_files: tuple[Path, dict], bengali_data_dir: Path) -> None:
     argv = ["--preset", "tiny_grapheme", "--dataset", "bengali_graphemes", "--manual-dir", str(bengali_files[0]),
-            "--data-dir", str(tmp_path / "tfds"), "--image-size", "32", "--batch-size", "4", "--steps", "3",
+            "--data-dir", str(bengali_data_dir), "--image-size", "32", "--batch-size", "4", "--steps", "3",
             "--no-progress", "--workdir", str(tmp_path / "run")]
     assert loop_flax.main(argv) == 0
     final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -176,12 +189,13 @@ def test_init_from_another_architecture_is_refused(data_dir: Path, tmp_path: Pat
         capsys.readouterr().err
 
 
-def test_batch_not_divisible_by_devices(data_dir: Path, tmp_path: Path) -> None:
-    argv = command("train.flax", ["--preset", "tiny", "--batch-size", "12", "--data-dir", str(data_dir),
-                                  "--workdir", str(tmp_path)])
-    done = subprocess.run(argv, env=subprocess_env(8), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2
-    assert "--batch-size 12 is not divisible by the 8 devices (cpu); use a multiple of 8" in done.stderr
+def test_batch_not_divisible_by_devices(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture) -> None:
+    """Checked before any data or compute; 8 devices stood in by one (the check reads only their number)."""
+    monkeypatch.setattr(loop_flax, "select_devices", lambda platform: jax.devices()[:1] * 8)
+    argv = ["--preset", "tiny", "--batch-size", "12", "--data-dir", str(data_dir), "--workdir", str(tmp_path)]
+    assert loop_flax.main(argv) == 2
+    assert "--batch-size 12 is not divisible by the 8 devices (cpu); use a multiple of 8" in capsys.readouterr().err
 
 
 def copy_run(reference: Path, tmp_path: Path) -> Path:
@@ -241,3 +255,33 @@ def test_skip_nonfinite_steps(data_dir: Path, init_file: Path, tmp_path: Path) -
     assert any(skipped), skipped
     state = exported(tmp_path)
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_of_four_devices_train_like_one_of_eight(eight_devices: tuple[Path, str], data_dir: Path,
+                                                                init_file: Path, tmp_path: Path) -> None:
+    """Multi-host on one machine: 2 JAX processes x 4 CPU devices over localhost (gloo collectives), each reading
+    its own shard of every global batch, against 1 process x 8 devices on the same global batches."""
+    port = free_port()
+    procs = [subprocess.Popen(
+        command("train.flax", flags(data_dir, init_file, tmp_path, *MULTI_DEVICE, "--coordinator",
+                                    f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i))),
+        env=subprocess_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    assert "on 8 cpu device(s), batch 16" in outputs[0][0]
+    # Only process 0 prints (gloo's own connection messages aside).
+    assert not [ln for ln in outputs[1][0].splitlines() if ln.strip() and "peer ranks" not in ln], outputs[1][0]
+    one, two = exported(eight_devices[0]), exported(tmp_path)
+    errors = {k: max_rel(one[k].double().numpy(), two[k].double().numpy()) for k in one if one[k].is_floating_point()}
+    worst = max(errors, key=errors.get)
+    print(f"\n2 processes x 4 devices vs 1 x 8, 3 steps: worst rel {errors[worst]:.2e} ({worst})")
+    assert errors[worst] <= F32_SHARDED_REL, f"{worst}: {errors[worst]:.3e}"
+    assert all(torch.equal(one[k], two[k]) for k in one if not one[k].is_floating_point())
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "3"]

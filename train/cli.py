@@ -56,6 +56,13 @@ def build_parser(prog: str, description: str, flax: bool) -> argparse.ArgumentPa
                             "--tpu)")
         p.add_argument("--platform", choices=["cpu", "gpu", "tpu"], help="require this JAX platform")
         p.add_argument("--tpu", action="store_true", help="require TPU devices (bfloat16 compute unless --dtype)")
+        dist = p.add_argument_group("multi-host (one process per host; see README)")
+        dist.add_argument("--distributed", action="store_true",
+                          help="call jax.distributed.initialize() with what the environment provides (TPU pods, "
+                               "SLURM, ...); implied by --coordinator")
+        dist.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator")
+        dist.add_argument("--num-processes", type=int, help="number of processes (with --coordinator)")
+        dist.add_argument("--process-id", type=int, help="this process's index (with --coordinator)")
         p.add_argument("--skip-nonfinite", action="store_true",
                        help="skip steps whose loss or gradients are NaN/Inf instead of stopping the run")
     return p

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
+from flax import nnx, traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
@@ -58,6 +58,20 @@ def select_devices(platform: str | None) -> list[jax.Device]:
     return devices
 
 
+def initialize_distributed(args: argparse.Namespace) -> None:
+    """Join the other processes before JAX touches a device: from flags, or from what the cluster provides."""
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed and all(v is None for v in explicit):
+        return
+    if any(v is not None for v in explicit) and any(v is None for v in explicit):
+        raise ConfigError("--coordinator, --num-processes and --process-id go together")
+    if args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
+        raise ConfigError(f"--process-id {args.process_id} is not in [0, {args.num_processes})")
+    # CPU devices of different processes talk through gloo; GPUs and TPUs use their own collectives.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+
+
 def setup(args: argparse.Namespace) -> Run:
     """Everything checked before any compute: platform, data, model config, batch divisibility, recipe."""
     devices = select_devices("tpu" if args.tpu else args.platform)
@@ -90,7 +104,8 @@ def checkpoint_manager(run: Run) -> ocp.CheckpointManager:
 def save(manager: ocp.CheckpointManager, run: Run, state: TrainState, graphdef: nnx.GraphDef) -> None:
     step = int(state.step)
     model = nnx.merge(graphdef, state.params, state.batch_stats)
-    items = model_save_args(run.config, flax_state(model))
+    # jax arrays, not host copies: orbax writes each replicated array once, whatever the process count.
+    items = model_save_args(run.config, traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model))))
     meta = {"step": step, "run": run.identity()}
     manager.save(step, args=ocp.args.Composite(**{TRAIN_STATE: ocp.args.StandardSave(state),
                                                   META: ocp.args.JsonSave(meta), **items}), force=True)
@@ -154,18 +169,19 @@ def make_eval_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh):
     replicated = NamedSharding(mesh, PartitionSpec())
     batch = NamedSharding(mesh, PartitionSpec("data"))
 
-    def step(params: nnx.State, batch_stats: nnx.State, images: jax.Array, labels: dict) -> dict:
+    def step(params: nnx.State, batch_stats: nnx.State, images: jax.Array, labels: dict, mask: jax.Array) -> dict:
         model = nnx.merge(graphdef, params, batch_stats, copy=True)
         out = model(images)
         heads = out if isinstance(out, dict) else {model.config.head_names[0]: out}
-        result = {}
+        result = {"mask": mask}
         for name, logits in heads.items():
             k = min(5, logits.shape[-1])
             top = jax.lax.top_k(logits, k)[1]
-            result[name] = (top[:, 0], jnp.any(top == labels[name][:, None], axis=-1))
+            result[name] = (top[:, 0], jnp.any(top == labels[name][:, None], axis=-1), labels[name])
         return result
 
-    return jax.jit(step, in_shardings=(replicated, replicated, batch, batch), out_shardings=replicated)
+    # Replicated outputs: every process can read the whole global batch's predictions, labels and mask.
+    return jax.jit(step, in_shardings=(replicated, replicated, batch, batch, batch), out_shardings=replicated)
 
 
 def put_batch(batch: dict, mesh: jax.sharding.Mesh) -> tuple[jax.Array, dict]:
@@ -177,15 +193,16 @@ def put_batch(batch: dict, mesh: jax.sharding.Mesh) -> tuple[jax.Array, dict]:
 
 def evaluate(run: Run, eval_step, state: TrainState, mesh, shard: pipeline.Sharding) -> dict[str, float]:
     preds, top5, labels = {}, {}, {}
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
     for batch in pipeline.eval_batches(run.sources["eval"], run.spec, run.args.batch_size, shard):
         images, y = put_batch(batch, mesh)
-        out = jax.device_get(eval_step(state.params, state.batch_stats, images, y))
-        mask = np.asarray(jax.device_get(put_batch({"image": batch["mask"], "labels": {}}, mesh)[0]))
-        y_host = {k: np.asarray(jax.device_get(v)) for k, v in y.items()}
-        for head, (p, t5) in out.items():
-            preds.setdefault(head, []).append(p[mask])
-            top5.setdefault(head, []).append(t5[mask])
-            labels.setdefault(head, []).append(y_host[head][mask])
+        mask = jax.make_array_from_process_local_data(sharding, batch["mask"])
+        out = jax.device_get(eval_step(state.params, state.batch_stats, images, y, mask))
+        keep = out.pop("mask")
+        for head, (p, t5, truth) in out.items():
+            preds.setdefault(head, []).append(p[keep])
+            top5.setdefault(head, []).append(t5[keep])
+            labels.setdefault(head, []).append(truth[keep])
     cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
     return metrics_lib.summarise(cat(preds), cat(top5), cat(labels), dict(run.config.heads))
 
@@ -320,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser("python -m train.flax", "Train the Flax ResNet twin, data-parallel over all devices.",
                         flax=True).parse_args(argv)
     try:
+        initialize_distributed(args)
         result = train(args)
     except (ConfigError, RunError, pipeline.DataError, ConversionError) as e:
         print(f"error: {e}", file=sys.stderr)
