@@ -285,3 +285,31 @@ def test_two_processes_of_four_devices_train_like_one_of_eight(eight_devices: tu
     assert errors[worst] <= F32_SHARDED_REL, f"{worst}: {errors[worst]:.3e}"
     assert all(torch.equal(one[k], two[k]) for k in one if not one[k].is_floating_point())
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "3"]
+
+
+def test_partial_save_never_counts(reference: Path, data_dir: Path, init_file: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture) -> None:
+    """orbax writes a checkpoint under a temporary name and renames it when complete; one left by a crash is
+    not a checkpoint."""
+    workdir = copy_run(reference, tmp_path)
+    partial = workdir / "checkpoints" / f"{STEPS + 4}.orbax-checkpoint-tmp-1764460000"
+    (partial / "train_state").mkdir(parents=True)
+    (partial / "train_state" / "half").write_bytes(b"\0" * 100)
+    assert loop_flax.main(flags(data_dir, init_file, workdir)) == 0
+    captured = capsys.readouterr()
+    assert f"resumed from {workdir / 'checkpoints'} at step {STEPS}" in captured.out
+    assert "unreadable" not in captured.err
+
+
+def test_workdir_of_another_configuration_is_refused(reference: Path, data_dir: Path, init_file: Path,
+                                                     tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    workdir = copy_run(reference, tmp_path)
+    assert loop_flax.main(flags(data_dir, init_file, workdir, "--lr", "0.07")) == 2
+    assert f"holds a checkpoint (step {STEPS}) of a different configuration (recipe differ)" in \
+        capsys.readouterr().err
+
+
+def test_unknown_preset_is_refused(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as e:
+        loop_flax.main(["--preset", "resnet50"])
+    assert e.value.code == 2 and "invalid choice: 'resnet50'" in capsys.readouterr().err

@@ -1,0 +1,40 @@
+"""`--init-from`: the body comes from the file, mismatched heads are re-initialised, a 3-channel stem is adapted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from r34 import get_preset
+from r34_flax import flax_state, resnet, torch_to_flax
+from train.data.pipeline import DatasetSpec
+from train.model_setup import ConfigError, read_init_weights, resolve_config
+
+DIGITS = DatasetSpec("digits", (("fc", 10),), {"fc": "label"}, 1, 32, "train", "test", False, (0.5,), (0.5,),
+                     100, 10)
+
+
+def test_torchvision_weights_into_a_one_channel_ten_class_model(tmp_path: Path) -> None:
+    tv = torchvision.models.resnet18()
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    config = resolve_config("resnet18", get_preset("resnet18"), DIGITS)
+    assert config.in_channels == 1 and config.heads == (("fc", 10),)
+    init = flax_state(resnet(config, seed=1))
+    flat, notes = read_init_weights(tmp_path / "tv.pth", config, init)
+    _, source = torch_to_flax(tv.state_dict())
+    np.testing.assert_array_equal(flat[("conv1", "kernel")], source[("conv1", "kernel")].sum(axis=2, keepdims=True))
+    np.testing.assert_array_equal(flat[("layer3", 1, "conv2", "kernel")], source[("layer3", 1, "conv2", "kernel")])
+    np.testing.assert_array_equal(flat[("layer2", 0, "downsample", 1, "var")],
+                                  source[("layer2", 0, "downsample", 1, "var")])
+    np.testing.assert_array_equal(flat[("fc", "kernel")], init[("fc", "kernel")])  # re-initialised, not loaded
+    assert "adapted the 3-channel stem to 1 channel by summing conv1 over its input channels" in notes
+    assert "head fc: re-initialised (10 classes; the file has 1000 classes)" in notes
+
+
+def test_multi_head_preset_must_match_the_data_set() -> None:
+    with pytest.raises(ConfigError, match="preset 'grapheme34' has heads .* but data set 'digits' has labels"):
+        resolve_config("grapheme34", get_preset("grapheme34"), DIGITS)
