@@ -273,7 +273,7 @@ def test_two_processes_of_four_devices_train_like_one_of_eight(eight_devices: tu
                                     f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i))),
         env=subprocess_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
+    for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     assert "on 8 cpu device(s), batch 16" in outputs[0][0]
     # Only process 0 prints (gloo's own connection messages aside).
