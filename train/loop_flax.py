@@ -192,19 +192,16 @@ def put_batch(batch: dict, mesh: jax.sharding.Mesh) -> tuple[jax.Array, dict]:
 
 
 def evaluate(run: Run, eval_step, state: TrainState, mesh, shard: pipeline.Sharding) -> dict[str, float]:
-    preds, top5, labels = {}, {}, {}
+    acc = metrics_lib.EvalAccumulator()
     sharding = NamedSharding(mesh, PartitionSpec("data"))
     for batch in pipeline.eval_batches(run.sources["eval"], run.spec, run.args.batch_size, shard):
         images, y = put_batch(batch, mesh)
         mask = jax.make_array_from_process_local_data(sharding, batch["mask"])
         out = jax.device_get(eval_step(state.params, state.batch_stats, images, y, mask))
         keep = out.pop("mask")
-        for head, (p, t5, truth) in out.items():
-            preds.setdefault(head, []).append(p[keep])
-            top5.setdefault(head, []).append(t5[keep])
-            labels.setdefault(head, []).append(truth[keep])
-    cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
-    return metrics_lib.summarise(cat(preds), cat(top5), cat(labels), dict(run.config.heads))
+        for head, (preds, top5, truth) in out.items():
+            acc.add(head, preds, top5, truth, keep)
+    return acc.summarise(dict(run.config.heads))
 
 
 def export(run: Run, model: ResNet) -> tuple[Path, Path]:

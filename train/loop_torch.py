@@ -41,19 +41,16 @@ def initial_model(plan: Plan) -> tuple[torch.nn.Module, list[str]]:
 
 def evaluate(plan: Plan, model: torch.nn.Module) -> dict[str, float]:
     model.eval()
-    preds, top5, labels = {}, {}, {}
+    acc = metrics_lib.EvalAccumulator()
     with torch.no_grad():
         for batch in pipeline.eval_batches(plan.sources["eval"], plan.spec, plan.args.batch_size):
             images, _ = to_torch_batch(batch)
             for head, logits in heads_of(model(images), plan.config).items():
                 top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices.numpy()
-                y, mask = batch["labels"][head], batch["mask"]
-                preds.setdefault(head, []).append(top[:, 0][mask])
-                top5.setdefault(head, []).append((top == y[:, None]).any(-1)[mask])
-                labels.setdefault(head, []).append(y[mask])
+                y = batch["labels"][head]
+                acc.add(head, top[:, 0], (top == y[:, None]).any(-1), y, batch["mask"])
     model.train()
-    cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
-    return metrics_lib.summarise(cat(preds), cat(top5), cat(labels), dict(plan.config.heads))
+    return acc.summarise(dict(plan.config.heads))
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:

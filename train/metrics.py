@@ -32,6 +32,24 @@ def summarise(preds: Mapping[str, np.ndarray], top5: Mapping[str, np.ndarray], l
     return out
 
 
+class EvalAccumulator:
+    """Collects per-head predictions over an eval set (padding rows dropped by `mask`), then `summarise`s them."""
+
+    def __init__(self) -> None:
+        self.preds: dict[str, list[np.ndarray]] = {}
+        self.top5: dict[str, list[np.ndarray]] = {}
+        self.labels: dict[str, list[np.ndarray]] = {}
+
+    def add(self, head: str, preds: np.ndarray, top5: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> None:
+        self.preds.setdefault(head, []).append(np.asarray(preds)[mask])
+        self.top5.setdefault(head, []).append(np.asarray(top5)[mask])
+        self.labels.setdefault(head, []).append(np.asarray(labels)[mask])
+
+    def summarise(self, classes: Mapping[str, int]) -> dict[str, float]:
+        cat = lambda d: {k: np.concatenate(v) for k, v in d.items()}  # noqa: E731
+        return summarise(cat(self.preds), cat(self.top5), cat(self.labels), classes)
+
+
 class Logger:
     """Appends metric records to workdir/metrics.jsonl and TensorBoard event files (process 0 only)."""
 
