@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 from parity_tests.bengali_files import write_competition_files
+from parity_tests.precision import use_full_precision
+
+use_full_precision()
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ import torch
 from flax import nnx
 
 from parity_tests.helpers import as_torch_layout, max_abs, nchw_to_nhwc, precision, torch_model
+from parity_tests.precision import use_full_precision
 from parity_tests.tolerances import F32_FEATURE_MAP_REL, F32_REL, F32_TRAIN_LOGITS_REL, F64_ABS
 from r34 import PRESETS, get_preset
 from r34_flax.conversion import ConversionError, from_torch
@@ -193,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    use_full_precision()
     if args.size < 1 or args.batch < 1:
         print(f"error: --size and --batch must be >= 1, got {args.size} and {args.batch}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--float64", action="store_true", help="run both twins in float64")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    # Full float32 precision (TF32 off) on GPUs, where both frameworks would otherwise use it.
+    jax.config.update("jax_default_matmul_precision", "highest")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     if args.float64:
         jax.config.update("jax_enable_x64", True)
     precision = "float64" if args.float64 else "float32"
