@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from parity_tests.bengali_files import write_competition_files
-from parity_tests.precision import use_full_precision
+from r34_flax.precision import use_full_precision
 
 use_full_precision()
 

@@ -22,11 +22,11 @@ import torch
 from flax import nnx
 
 from parity_tests.helpers import as_torch_layout, max_abs, nchw_to_nhwc, precision, torch_model
-from parity_tests.precision import use_full_precision
 from parity_tests.tolerances import F32_FEATURE_MAP_REL, F32_REL, F32_TRAIN_LOGITS_REL, F64_ABS
 from r34 import PRESETS, get_preset
 from r34_flax.conversion import ConversionError, from_torch
 from r34_flax.model import ResNet
+from r34_flax.precision import use_full_precision
 from r34_flax.weights_io import atomic_write, read_torch_weights
 from r34_torch import resnet as torch_resnet
 

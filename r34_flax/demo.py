@@ -16,6 +16,7 @@ import torch
 
 from r34 import PRESETS, get_preset
 from r34_flax.conversion import from_torch, to_torch
+from r34_flax.precision import use_full_precision
 from r34_torch import resnet as torch_resnet
 
 
@@ -66,10 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--float64", action="store_true", help="run both twins in float64")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    # Full float32 precision (TF32 off) on GPUs, where both frameworks would otherwise use it.
-    jax.config.update("jax_default_matmul_precision", "highest")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    use_full_precision()
     if args.float64:
         jax.config.update("jax_enable_x64", True)
     precision = "float64" if args.float64 else "float32"

@@ -6,6 +6,7 @@ import torch
 
 
 def use_full_precision() -> None:
+    """Parity checks call this first; training leaves the platform defaults alone."""
     jax.config.update("jax_default_matmul_precision", "highest")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
