@@ -313,3 +313,14 @@ def test_unknown_preset_is_refused(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as e:
         loop_flax.main(["--preset", "resnet50"])
     assert e.value.code == 2 and "invalid choice: 'resnet50'" in capsys.readouterr().err
+
+
+def test_bfloat16_run_exports_weights_that_torch_scores_like_flax_float32(data_dir: Path, init_file: Path,
+                                                                          tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    assert loop_flax.main(flags(data_dir, init_file, tmp_path, "--steps", "3", "--dtype", "bfloat16")) == 0
+    out = capsys.readouterr().out
+    assert "float32 compute" not in out and "bfloat16 compute" in out
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final["final_float32"] == final["torch_rescore"]
+    assert exported(tmp_path)["conv1.weight"].dtype == torch.float32  # float32 parameters under bf16 compute

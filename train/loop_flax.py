@@ -302,18 +302,31 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     manager.wait_until_finished()
     manager.close()
     result: dict[str, Any] = {"step": step, "eval": final_eval}
+    flax_eval, compute = final_eval, "compute dtype"
+    if run.dtype != jnp.float32:
+        # bfloat16 predictions cannot equal float32 torch's bit for bit: also score the same (float32) parameters
+        # with float32 compute, which is what the exported weights compute.
+        flax_eval = evaluate(run, make_eval_step(float32_graphdef(run), mesh), state, mesh, shard)
+        result["eval_float32"], compute = flax_eval, "float32"
     if lead:
         trained = flax_model(run.config, flax_state(nnx.merge(graphdef, state.params, state.batch_stats)))
         pth, _ = export(run, trained)
         metrics_lib.plot_curves(logger.path, run.workdir / "curves.png", f"{args.preset} on {run.spec.name}")
         result["torch_rescore"] = torch_rescore(run, pth)
         say(f"exported {pth} and {pth.with_suffix('.safetensors')}; curves in {run.workdir / 'curves.png'}")
-        for key in final_eval:
+        for key in flax_eval:
             if key.startswith("top1/") or key == "grapheme_score":
-                say(f"final {key}: flax {final_eval[key]:.4f}, torch re-score from {pth.name} "
+                say(f"final {key}: flax ({compute}) {flax_eval[key]:.4f}, torch re-score from {pth.name} "
                     f"{result['torch_rescore'][key]:.4f}")
     logger.close()
     return result
+
+
+def float32_graphdef(run: Run) -> nnx.GraphDef:
+    """The eval graph of the same model computing in float32."""
+    model = nnx.eval_shape(lambda: resnet(run.config, dtype=jnp.float32))
+    model.eval()
+    return nnx.split(model, nnx.Param, nnx.BatchStat)[0]
 
 
 def torch_rescore(run: Run, pth: Path) -> dict[str, float]:
@@ -340,5 +353,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if jax.process_index() == 0:
-        print(json.dumps({"final": result["eval"], "torch_rescore": result.get("torch_rescore")}))
+        print(json.dumps({"final": result["eval"], "final_float32": result.get("eval_float32"),
+                          "torch_rescore": result.get("torch_rescore")}))
     return 0
