@@ -64,7 +64,7 @@ def random_flax_model(preset: str, seed: int):
     rng = np.random.default_rng(seed)
     flat = {}
     for e in conversion_table(config):
-        shape = e.layout.to_flax(np.empty(e.torch_shape, np.uint8)).shape
+        shape = e.flax_shape
         flat[e.flax_path] = (rng.integers(0, 1000, shape).astype(np.int32) if e.layout is COUNT
                              else rng.standard_normal(shape).astype(np.float32))
     return flax_model(config, flat)

@@ -126,6 +126,10 @@ class Entry(NamedTuple):
     kind: str
     buffer: bool
 
+    @property
+    def flax_shape(self) -> tuple[int, ...]:
+        return self.layout.to_flax(np.empty(self.torch_shape, np.uint8)).shape
+
 
 def conversion_table(config: ResNetConfig) -> list[Entry]:
     """One row per tensor: torch key <-> Flax path, layout and torch shape, in torch's state_dict order."""
@@ -344,8 +348,7 @@ def flax_to_torch(
     for e in table:
         if e.flax_path in arrays:
             value = arrays[e.flax_path]
-            flax_shape = e.layout.to_flax(np.empty(e.torch_shape, np.uint8)).shape
-            problems += _check(e, value, flax_shape, path_name(e.flax_path))
+            problems += _check(e, value, e.flax_shape, path_name(e.flax_path))
             if not problems:
                 out[e.torch_key] = to_tensor(e.layout.to_torch(value))
     if problems:
