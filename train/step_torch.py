@@ -24,12 +24,15 @@ def total_loss(heads: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Ten
 def train_step(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
     images: torch.Tensor, labels: Mapping[str, torch.Tensor], label_smoothing: float,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One train-mode step; returns detached metrics (loss, accuracy per head)."""
+    """One train-mode step; returns detached metrics (loss, accuracy per head). `autocast_dtype` (e.g.
+    torch.bfloat16) runs the forward under autocast (AMP), the backward outside it as torch recommends."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    heads = heads_of(model(images), model.config)
-    loss = total_loss(heads, labels, label_smoothing)
+    with torch.autocast(images.device.type, autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        heads = heads_of(model(images), model.config)
+        loss = total_loss(heads, labels, label_smoothing)
     loss.backward()
     optimizer.step()
     scheduler.step()
