@@ -20,6 +20,7 @@ import torch
 from parity_tests.helpers import max_rel, torch_model
 from parity_tests.tolerances import F32_SHARDED_REL, F32_TRAINER_LOSS_ABS
 from r34 import get_preset
+from r34_flax import xla_cpu
 from train import loop_flax, loop_torch
 from train.metrics import read_metrics
 
@@ -51,9 +52,12 @@ def command(module: str, argv: list[str]) -> list[str]:
     return [sys.executable, "-m", module, *argv]
 
 
-def subprocess_env(devices: int = 1) -> dict[str, str]:
+def subprocess_env(devices: int = 1, cpu_flags: bool = True) -> dict[str, str]:
+    """Environment of a trainer subprocess; cpu_flags=False keeps `python -m train.flax` from adding its XLA:CPU
+    flags (r34_flax.xla_cpu), for a run whose bits are compared with a run in this process, which has none."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env[xla_cpu.OPT_OUT] = "1" if cpu_flags else "0"
     return env
 
 
@@ -124,7 +128,8 @@ def test_eight_devices(eight_devices: tuple[Path, str]) -> None:
 def test_resume_after_sigkill_is_bit_identical(reference: Path, data_dir: Path, init_file: Path,
                                               tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     argv = command("train.flax", flags(data_dir, init_file, tmp_path))
-    proc = subprocess.Popen(argv, env=subprocess_env(1), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Same flags as the reference and the resumed half, which run in this process: XLA:CPU flags change the bits.
+    proc = subprocess.Popen(argv, env=subprocess_env(1, cpu_flags=False), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = tmp_path / "checkpoints" / "4"
     deadline = time.monotonic() + 300
     while not (first / "commit_success.txt").exists() and proc.poll() is None and time.monotonic() < deadline:

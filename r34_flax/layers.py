@@ -9,6 +9,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.typing import DTypeLike
 
+from r34_flax.conv_lowering import conv_general_dilated
+from r34_flax.pooling import max_pool
+
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") -> N(0, 2 / fan_out), not truncated.
 conv_kernel_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 # torch.nn.Linear: kaiming_uniform_(a=sqrt(5)) -> U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -47,6 +50,7 @@ def conv(
         dtype=dtype,
         param_dtype=param_dtype,
         kernel_init=conv_kernel_init,
+        conv_general_dilated=conv_general_dilated,
         rngs=rngs,
     )
 
@@ -71,8 +75,8 @@ def linear(
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-    """torch MaxPool2d(3, stride=2, padding=1): the padding is -inf, so it never wins the max."""
-    return nnx.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    """torch MaxPool2d(3, stride=2, padding=1), torchvision's stem pool."""
+    return max_pool(x, 3, 2, 1)
 
 
 class BatchNorm(nnx.Module):

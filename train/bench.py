@@ -31,6 +31,7 @@ from flax import nnx
 from r34.config import ResNetConfig, get_preset
 from r34_flax.model import resnet as flax_resnet
 from r34_flax.weights_io import atomic_write
+from r34_flax.xla_cpu import apply_cpu_flags
 from r34_torch.model import resnet as torch_resnet
 from train.optim_flax import make_optimizer as flax_optimizer
 from train.optim_torch import make_optimizer as torch_optimizer
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    flags_applied = apply_cpu_flags()  # as the trainer does; before the first computation starts JAX's backend
     try:
         config = get_preset(args.preset)
     except ValueError as e:
@@ -307,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows += bench_case(config, batch, size, dtype=args.dtype, device=args.torch_device,
                                torch_compile=args.torch_compile, warmup=args.warmup, repeats=args.repeats)
     print(format_table(rows, rate))
-    report = {"environment": environment(rate, args), "rows": [dataclasses.asdict(r) for r in rows]}
+    report = {"environment": {**environment(rate, args), "r34_xla_cpu_flags": flags_applied}, "rows": [dataclasses.asdict(r) for r in rows]}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=1)), force=True)
     print(f"wrote {args.json}")

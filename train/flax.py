@@ -2,7 +2,9 @@
 
 import sys
 
+from r34_flax.xla_cpu import apply_cpu_flags
 from train.loop_flax import main
 
 if __name__ == "__main__":
+    apply_cpu_flags()  # before JAX starts its CPU backend: see r34_flax.xla_cpu
     sys.exit(main())

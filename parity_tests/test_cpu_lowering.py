@@ -1,0 +1,138 @@
+"""The CPU-specific pieces behind the Flax twin's speed: small-map convolutions as patches + matmul, the tap max
+pool with torch's gradient routing, and the XLA:CPU flags. Each must compute what it replaces."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from jax import lax
+
+from parity_tests.tolerances import F64_ABS
+from r34_flax import conv_lowering, xla_cpu
+from r34_flax.conv_lowering import conv_general_dilated, patches_conv, uses_patches
+from r34_flax.pooling import max_pool
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+# (batch, height, width, c_in, c_out, kernel, stride): every small-map case ResNet inputs of 32-64 px produce
+# (1x1 maps where eight of nine taps read only padding, 2x2 and 4x4, stride 2), the 7x7 stem, a non-square map.
+CONV_CASES = [
+    (2, 1, 1, 8, 4, 3, 1),
+    (2, 2, 2, 8, 4, 3, 1),
+    (2, 4, 4, 8, 4, 3, 2),
+    (2, 3, 5, 8, 4, 3, 1),
+    (2, 4, 4, 8, 4, 1, 2),
+    (2, 8, 8, 3, 4, 7, 2),
+]
+
+
+def xla_conv(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
+    return lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                    dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, NHWC))
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "b{}_{}x{}_{}to{}_k{}s{}".format(*c))
+def test_patches_conv_equals_xla_convolution_with_gradients(case: tuple) -> None:
+    n, h, w, c_in, c_out, k, s = case
+    rng = np.random.default_rng(0)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.standard_normal((n, h, w, c_in)))
+        kernel = jnp.asarray(rng.standard_normal((k, k, c_in, c_out)))
+        pad = k // 2
+        ref, ref_vjp = jax.vjp(lambda a, b: xla_conv(a, b, s, pad), x, kernel)
+        out, vjp = jax.vjp(lambda a, b: patches_conv(a, b, (s, s), ((pad, pad), (pad, pad))), x, kernel)
+        g = jnp.asarray(rng.standard_normal(ref.shape))
+        assert out.shape == ref.shape
+        assert float(jnp.max(jnp.abs(out - ref))) <= F64_ABS
+        for got, want in zip(vjp(g), ref_vjp(g)):
+            assert float(jnp.max(jnp.abs(got - want))) <= F64_ABS
+
+
+def test_only_small_plain_2d_maps_take_patches() -> None:
+    dn = lax.conv_dimension_numbers((8, 2, 2, 64), (3, 3, 64, 64), NHWC)
+    pad = ((1, 1), (1, 1))
+    assert uses_patches((8, 2, 2, 64), (3, 3, 64, 64), (1, 1), pad, dimension_numbers=dn)
+    assert uses_patches((8, 8, 8, 64), (3, 3, 64, 64), (2, 2), pad, dimension_numbers=dn)  # 4x4 output
+    assert not uses_patches((8, 8, 8, 64), (3, 3, 64, 64), (1, 1), pad, dimension_numbers=dn)  # 8x8 output
+    assert not uses_patches((8, 2, 2, 64), (3, 3, 64, 64), (1, 1), "SAME", dimension_numbers=dn)
+    assert not uses_patches((8, 2, 2, 64), (3, 3, 64, 64), (1, 1), pad, rhs_dilation=(2, 2), dimension_numbers=dn)
+    assert not uses_patches((8, 2, 2, 64), (3, 3, 32, 64), (1, 1), pad, dimension_numbers=dn, feature_group_count=2)
+    nchw = lax.conv_dimension_numbers((8, 64, 2, 2), (64, 64, 3, 3), ("NCHW", "OIHW", "NCHW"))
+    assert not uses_patches((8, 64, 2, 2), (64, 64, 3, 3), (1, 1), pad, dimension_numbers=nchw)
+
+
+def _lowered_text(x_shape: tuple, platforms: tuple[str, ...]) -> str:
+    x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
+    w = jax.ShapeDtypeStruct((3, 3, x_shape[-1], 16), jnp.float32)
+
+    def f(x: jax.Array, w: jax.Array) -> jax.Array:
+        return conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                    dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, NHWC))
+
+    return jax.export.export(jax.jit(f), platforms=platforms)(x, w).mlir_module()
+
+
+def test_small_maps_lower_to_matmul_on_cpu_and_stay_convolutions_on_gpu_and_tpu() -> None:
+    assert "stablehlo.convolution" not in _lowered_text((4, 2, 2, 16), ("cpu",))
+    assert "stablehlo.dot_general" in _lowered_text((4, 2, 2, 16), ("cpu",))
+    for platform in ("cuda", "tpu"):
+        text = _lowered_text((4, 2, 2, 16), (platform,))
+        assert "stablehlo.convolution" in text and "stablehlo.dot_general" not in text, platform
+    assert "stablehlo.convolution" in _lowered_text((4, 16, 16, 16), ("cpu",))  # large maps keep XLA's convolution
+
+
+def test_small_map_threshold_is_what_the_model_uses() -> None:
+    # A guard against a silent change of the documented threshold (README, PARITY_FACTS).
+    assert conv_lowering.SMALL_MAP_PIXELS == 16
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("shape", [(2, 9, 9, 3), (2, 8, 8, 4), (1, 7, 10, 2)])
+def test_max_pool_and_its_gradient_equal_torch(shape: tuple, ties: bool) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape)
+    if ties:  # ReLU zeros and repeated integers: torch gives each window's gradient to its first maximum
+        x = np.maximum(np.round(x), 0.0)
+    out_shape = (shape[0], (shape[1] - 1) // 2 + 1, (shape[2] - 1) // 2 + 1, shape[3])
+    g = rng.standard_normal(out_shape)
+    xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_(True)
+    yt = torch.nn.functional.max_pool2d(xt, 3, 2, 1)
+    yt.backward(torch.tensor(g).permute(0, 3, 1, 2))
+    with jax.enable_x64(True):
+        y, vjp = jax.vjp(lambda a: max_pool(a, 3, 2, 1), jnp.asarray(x))
+        (dx,) = vjp(jnp.asarray(g))
+    np.testing.assert_array_equal(np.asarray(y), yt.detach().permute(0, 2, 3, 1).numpy())
+    # Overlapping windows add their gradients in another order: float64 rounding only.
+    assert np.max(np.abs(np.asarray(dx) - xt.grad.permute(0, 2, 3, 1).numpy())) <= F64_ABS
+
+
+def test_cpu_flags_respect_the_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    jax.devices()  # JAX's backends are up, as in any process that has computed something
+    flag = xla_cpu.CPU_FLAGS[0]
+    name = flag.split("=", 1)[0]
+    monkeypatch.setenv("XLA_FLAGS", f"{name}=invalid")
+    assert not xla_cpu.apply_cpu_flags()  # the user's own value of the flag wins
+    assert os.environ["XLA_FLAGS"] == f"{name}=invalid"
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    assert not xla_cpu.apply_cpu_flags()  # JAX's backend already started in this process: too late, left alone
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+    monkeypatch.setenv(xla_cpu.OPT_OUT, "0")
+    monkeypatch.setenv("XLA_FLAGS", flag)
+    assert not xla_cpu.apply_cpu_flags()
+
+
+def test_cpu_flags_are_set_before_jax_starts_and_only_when_asked() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_cpu.OPT_OUT)}
+    code = ("import os, r34_flax, jax; assert 'XLA_FLAGS' not in os.environ, 'set on import'; "
+            "from r34_flax.xla_cpu import apply_cpu_flags; assert apply_cpu_flags(); jax.devices(); "
+            "print(os.environ['XLA_FLAGS'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == list(xla_cpu.CPU_FLAGS)
