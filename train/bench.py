@@ -42,6 +42,7 @@ from train.step_torch import train_step as torch_train_step
 CASES: tuple[tuple[int, int], ...] = ((8, 224), (32, 64), (128, 32))  # (batch, image size)
 # SGD with Nesterov momentum and weight decay: the Flax ImageNet recipe, and the heavier optimizer update of the two.
 RECIPE = Recipe(optimizer="sgd", lr=0.01, total_steps=10_000)
+CACHE_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
 
 
 def forward_flops(config: ResNetConfig, size: int) -> int:
@@ -288,6 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run(config: ResNetConfig, args: argparse.Namespace) -> tuple[list[Row], float]:
+    """(rows, matmul GFLOP/s) for every case of `args`."""
+    rate = matmul_rate()
+    rows = []
+    for batch, size in args.cases:
+        print(f"benchmarking batch {batch} @ {size} ...", file=sys.stderr, flush=True)
+        rows += bench_case(config, batch, size, dtype=args.dtype, device=args.torch_device,
+                           torch_compile=args.torch_compile, warmup=args.warmup, repeats=args.repeats)
+    return rows, rate
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     flags_applied = apply_cpu_flags()  # as the trainer does; before the first computation starts JAX's backend
@@ -299,15 +311,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.warmup < 1 or args.repeats < 1:
         print("error: --warmup and --repeats must be >= 1", file=sys.stderr)
         return 2
+    saved = {k: getattr(jax.config, k) for k in CACHE_SETTINGS}
     with tempfile.TemporaryDirectory(prefix="r34-bench-cache-") as tmp:
         jax.config.update("jax_compilation_cache_dir", str(args.compile_cache or tmp))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        rate = matmul_rate()
-        rows = []
-        for batch, size in args.cases:
-            print(f"benchmarking batch {batch} @ {size} ...", file=sys.stderr, flush=True)
-            rows += bench_case(config, batch, size, dtype=args.dtype, device=args.torch_device,
-                               torch_compile=args.torch_compile, warmup=args.warmup, repeats=args.repeats)
+        try:
+            rows, rate = run(config, args)
+        finally:  # a caller's own cache settings come back (the temporary cache is gone)
+            for k, v in saved.items():
+                jax.config.update(k, v)
     print(format_table(rows, rate))
     report = {"environment": {**environment(rate, args), "r34_xla_cpu_flags": flags_applied}, "rows": [dataclasses.asdict(r) for r in rows]}
     args.json.parent.mkdir(parents=True, exist_ok=True)

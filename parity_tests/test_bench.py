@@ -1,0 +1,53 @@
+"""`python -m train.bench`: its FLOP count, its table and JSON, its errors. (Speed itself is not asserted here:
+timed unit tests on a noisy 2-core machine prove nothing; the benchmark prints the figures.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from r34 import get_preset
+from train import bench
+
+
+def test_resnet34_forward_flops_match_the_published_figure() -> None:
+    # torchvision's model card: ResNet-34 at 224 is 3.66 GFLOPS (multiply-adds, convolutions and fc).
+    macs = bench.forward_flops(get_preset("resnet34"), 224) / 2
+    assert 3.66e9 <= macs <= 3.68e9, macs
+    # resnet18: 1.81 G multiply-adds
+    assert 1.81e9 <= bench.forward_flops(get_preset("resnet18"), 224) / 2 <= 1.83e9
+
+
+def test_a_small_run_writes_the_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--preset", "tiny", "--cases", "4@32", "--no-torch-compile", "--warmup", "1", "--repeats", "2",
+            "--json", str(out)]
+    assert bench.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "flax/torch" in table and "4@32" in table
+    report = json.loads(out.read_text())
+    assert report["environment"]["matmul_gflops"] > 0
+    rows = {r["work"]: r for r in report["rows"]}
+    assert set(rows) == {"train", "inference"}
+    for row in rows.values():
+        assert set(row["seconds"]) == {"flax", "torch"} and all(s > 0 for s in row["seconds"].values())
+    assert rows["train"]["gflop_per_call"] == pytest.approx(3 * rows["inference"]["gflop_per_call"])
+    assert rows["train"]["flax_compile_s"] > 0 and rows["train"]["flax_cached_compile_s"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cases", "32x64"], "is not BATCH@SIZE"),
+    (["--cases", "1@64"], "need batch >= 2"),
+])
+def test_bad_cases_are_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_preset_is_refused(capsys: pytest.CaptureFixture) -> None:
+    assert bench.main(["--preset", "resnet50"]) == 2
+    assert "unknown preset 'resnet50'" in capsys.readouterr().err
