@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import pytest
 
 from r34 import get_preset
@@ -22,9 +23,11 @@ def test_resnet34_forward_flops_match_the_published_figure() -> None:
 
 def test_a_small_run_writes_the_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench.json"
+    cache_dir = jax.config.jax_compilation_cache_dir
     argv = ["--preset", "tiny", "--cases", "4@32", "--no-torch-compile", "--warmup", "1", "--repeats", "2",
             "--json", str(out)]
     assert bench.main(argv) == 0
+    assert jax.config.jax_compilation_cache_dir == cache_dir  # its temporary cache does not outlive it
     table = capsys.readouterr().out
     assert "flax/torch" in table and "4@32" in table
     report = json.loads(out.read_text())

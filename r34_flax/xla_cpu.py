@@ -1,7 +1,7 @@
 """XLA:CPU flags the Flax twin trains faster with, put into XLA_FLAGS before JAX starts its CPU backend.
 
 `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` keeps lone convolutions out of XLA's YNNPACK
-fusions, whose convolution kernels (and weight gradients above all) ran 1.5-3x slower than XLA's default here:
+fusions, whose convolution kernels ran 1.5-1.8x slower (forward + backward) than XLA's default here:
 ResNet-34 train step +10-15% at 32-64 px, forward of a 56x56x64 conv 18 ms -> 10 ms (jaxlib 0.10.2, 2-core
 AVX-512). It also makes float64 convolutions ~7x slower (they leave their fast path), which is why importing
 `r34_flax` does NOT apply it (the float64 parity suite would double in time): `python -m train.flax` and

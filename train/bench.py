@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
+from jax.experimental.compilation_cache import compilation_cache
 
 from r34.config import ResNetConfig, get_preset
 from r34_flax.model import resnet as flax_resnet
@@ -320,6 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:  # a caller's own cache settings come back (the temporary cache is gone)
             for k, v in saved.items():
                 jax.config.update(k, v)
+            compilation_cache.reset_cache()  # else JAX keeps writing to the deleted directory
     print(format_table(rows, rate))
     report = {"environment": {**environment(rate, args), "r34_xla_cpu_flags": flags_applied}, "rows": [dataclasses.asdict(r) for r in rows]}
     args.json.parent.mkdir(parents=True, exist_ok=True)
