@@ -129,7 +129,8 @@ def test_resume_after_sigkill_is_bit_identical(reference: Path, data_dir: Path, 
                                               tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     argv = command("train.flax", flags(data_dir, init_file, tmp_path))
     # Same flags as the reference and the resumed half, which run in this process: XLA:CPU flags change the bits.
-    proc = subprocess.Popen(argv, env=subprocess_env(1, cpu_flags=False), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, env=subprocess_env(1, cpu_flags=False), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     first = tmp_path / "checkpoints" / "4"
     deadline = time.monotonic() + 300
     while not (first / "commit_success.txt").exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from r34_flax.windows import output_size, window_tap
+
 # Output maps of at most this many pixels take patches + matmul on CPU. Measured forward + backward (batch 8-128,
 # 256-512 channels): at 1x1 and 2x2 patches win 8-50x, at 4x4 they tie, at 7x7 patches win 1.25x, at 8x8 and
 # 16x16 XLA wins 1.1-1.4x; 16 keeps every clear win and no clear loss.
@@ -38,7 +40,8 @@ def uses_patches(lhs_shape: Sequence[int], rhs_shape: Sequence[int], window_stri
         return False
     if dimension_numbers is None or tuple(map(tuple, dimension_numbers)) != _NHWC_HWIO:
         return False
-    out = [(n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(lhs_shape[1:3], rhs_shape[:2], window_strides, padding)]
+    out = [output_size(n, k, s, lo, hi) for n, k, s, (lo, hi) in zip(lhs_shape[1:3], rhs_shape[:2], window_strides,
+                                                                     padding)]
     return math.prod(out) <= SMALL_MAP_PIXELS
 
 
@@ -49,8 +52,8 @@ def patches_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], 
     kh, kw, _, c_out = rhs.shape
     (sh, sw), ((top, bottom), (left, right)) = window_strides, padding
     padded = jnp.pad(lhs, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    oh = (h + top + bottom - kh) // sh + 1
-    ow = (w + left + right - kw) // sw + 1
+    oh = output_size(h, kh, sh, top, bottom)
+    ow = output_size(w, kw, sw, left, right)
     # Taps that only ever read padding add zeros: left out, with their kernel rows (on a 1x1 map a 3x3 conv is
     # one matmul over the centre tap instead of nine).
     live = [
@@ -60,10 +63,7 @@ def patches_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], 
         for j in range(kw)
         if _reads_data(j, sw, ow, left, w)
     ]
-    taps = [
-        lax.slice(padded, (0, i, j, 0), (n, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1, c), (1, sh, sw, 1))
-        for i, j in live
-    ]
+    taps = [window_tap(padded, i, j, window_strides, oh, ow) for i, j in live]
     # (tap, c_in) order on the last axis, matching the kernel rows gathered below.
     patches = jnp.concatenate(taps, axis=-1).reshape(n * oh * ow, len(live) * c)
     if len(live) == kh * kw:
@@ -93,8 +93,9 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                                         preferred_element_type, out_sharding)
 
     # An explicit output sharding (explicit-sharding mode) stays with XLA, which knows how to honour it.
-    if out_sharding is not None or batch_group_count != 1 or not uses_patches(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation,
-                                                   rhs_dilation, dimension_numbers, feature_group_count):
+    small = uses_patches(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation,
+                         dimension_numbers, feature_group_count)
+    if out_sharding is not None or batch_group_count != 1 or not small:
         return xla(lhs, rhs)
 
     def cpu(lhs: jax.Array, rhs: jax.Array) -> jax.Array:

@@ -16,28 +16,23 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-
-def _taps(padded: jax.Array, kernel: int, stride: int, out_h: int, out_w: int) -> list[jax.Array]:
-    n, _, _, c = padded.shape
-    span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
-    return [
-        lax.slice(padded, (0, i, j, 0), (n, i + span_h, j + span_w, c), (1, stride, stride, 1))
-        for i in range(kernel)
-        for j in range(kernel)
-    ]
+from r34_flax.windows import output_size, window_tap
 
 
-def _geometry(x: jax.Array, kernel: int, stride: int, padding: int) -> tuple[jax.Array, int, int]:
+def _taps(x: jax.Array, kernel: int, stride: int, padding: int) -> tuple[jax.Array, list[jax.Array]]:
+    """(x padded with -inf, the kernel * kernel window taps in row-major window order)."""
     _, h, w, _ = x.shape
     padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
-    return padded, (h + 2 * padding - kernel) // stride + 1, (w + 2 * padding - kernel) // stride + 1
+    out_h = output_size(h, kernel, stride, padding, padding)
+    out_w = output_size(w, kernel, stride, padding, padding)
+    offsets = [(i, j) for i in range(kernel) for j in range(kernel)]
+    return padded, [window_tap(padded, i, j, (stride, stride), out_h, out_w) for i, j in offsets]
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def max_pool(x: jax.Array, kernel: int, stride: int, padding: int) -> jax.Array:
     """torch.nn.MaxPool2d(kernel, stride, padding) on NHWC `x`; the padding is -inf, so it never wins."""
-    padded, out_h, out_w = _geometry(x, kernel, stride, padding)
-    taps = _taps(padded, kernel, stride, out_h, out_w)
+    _, taps = _taps(x, kernel, stride, padding)
     out = taps[0]
     for tap in taps[1:]:
         out = jnp.maximum(out, tap)
@@ -51,9 +46,9 @@ def _max_pool_fwd(x: jax.Array, kernel: int, stride: int, padding: int) -> tuple
 
 def _max_pool_bwd(kernel: int, stride: int, padding: int, residuals: tuple, g: jax.Array) -> tuple[jax.Array]:
     x, out = residuals
-    padded, out_h, out_w = _geometry(x, kernel, stride, padding)
-    taps = _taps(padded, kernel, stride, out_h, out_w)
+    padded, taps = _taps(x, kernel, stride, padding)
     _, hp, wp, _ = padded.shape
+    _, out_h, out_w, _ = out.shape
     span_h, span_w = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
     taken = jnp.zeros(out.shape, bool)
     grad = jnp.zeros(padded.shape, g.dtype)

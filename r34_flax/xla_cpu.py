@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 import jaxlib
-from jax._src import xla_bridge
+from jax._src import xla_bridge  # private: no public API tells whether the backends have started
 
 CPU_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 MEASURED_ON = "0.10."  # jaxlib series the flags were measured on; re-measure before extending it

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 import torch
 from flax import nnx
@@ -71,28 +72,21 @@ def matmul_rate(dtype: str = "float32", torch_device: str = "cpu", n: int = 2048
     default device) on an n x n product, median of `repeats`."""
     device = torch.device(torch_device)
     a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype=dtype)
+    mm = jax.jit(jnp.matmul)
 
     def torch_mm() -> None:
         torch.mm(a, a)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
 
-    x = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype=dtype)
-    mm = jax.jit(jnp.matmul)
-    jax.block_until_ready(mm(x, x))
-    seconds = min(_median_seconds(torch_mm, repeats),
-                  _median_seconds(lambda: jax.block_until_ready(mm(x, x)), repeats))
-    return 2 * n**3 / seconds / 1e9
+    seconds = time_alternating({"torch": torch_mm, "xla": lambda: jax.block_until_ready(mm(x, x))}, 1, repeats)
+    return 2 * n**3 / min(seconds.values()) / 1e9
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def sync(device: torch.device) -> None:
+    """Wait for torch's queued device work (CUDA runs asynchronously; CPU work is done when the call returns)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 class FlaxTwin:
@@ -108,7 +102,6 @@ class FlaxTwin:
         images = rng.standard_normal((batch, size, size, config.in_channels), dtype=np.float32)
         labels = {name: rng.integers(0, n, batch).astype(np.int32) for name, n in config.heads}
         self.images, self.labels = shard_batch((jnp.asarray(images), labels), self.mesh)
-        self.eval_graphdef = None
         self.step: Callable | None = None
         self.infer_fn: Callable | None = None
 
@@ -154,21 +147,17 @@ class TorchTwin:
         self.images = images.to(self.device).contiguous(memory_format=torch.channels_last)
         self.labels = {name: torch.randint(0, n, (batch,), generator=gen).to(self.device) for name, n in config.heads}
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-
     def train(self) -> None:
-        torch_train_step(self.runner, self.optimizer, self.scheduler, self.images, self.labels, RECIPE.label_smoothing,
-                         autocast_dtype=self.autocast)
-        self._sync()
+        torch_train_step(self.runner, self.optimizer, self.scheduler, self.images, self.labels,
+                         RECIPE.label_smoothing, autocast_dtype=self.autocast)
+        sync(self.device)
 
     def inference(self) -> None:
         self.model.eval()
         with torch.no_grad(), torch.autocast(self.device.type, self.autocast or torch.float32,
                                              enabled=self.autocast is not None):
             self.runner(self.images)
-        self._sync()
+        sync(self.device)
 
 
 @dataclasses.dataclass
@@ -234,9 +223,9 @@ def environment(matmul_gflops: float, args: argparse.Namespace) -> dict:
     except (OSError, StopIteration):
         pass
     return {
-        "jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax, "lib") else None,
-        "torch": torch.__version__, "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-        "torch_device": args.torch_device, "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "jax": jax.__version__, "jaxlib": jaxlib.__version__, "torch": torch.__version__,
+        "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "torch_device": args.torch_device,
+        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "dtype": args.dtype, "preset": args.preset,
         "matmul_gflops": matmul_gflops, "python": sys.version.split()[0],
     }
@@ -330,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 jax.config.update(k, v)
             compilation_cache.reset_cache()  # else JAX keeps writing to the deleted directory
     print(format_table(rows, rate, args.dtype))
-    report = {"environment": {**environment(rate, args), "r34_xla_cpu_flags": flags_applied}, "rows": [dataclasses.asdict(r) for r in rows]}
+    report = {"environment": {**environment(rate, args), "r34_xla_cpu_flags": flags_applied},
+              "rows": [dataclasses.asdict(r) for r in rows]}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=1)), force=True)
     print(f"wrote {args.json}")
