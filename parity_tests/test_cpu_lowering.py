@@ -1,5 +1,6 @@
-"""The CPU-specific pieces behind the Flax twin's speed: small-map convolutions as patches + matmul, the tap max
-pool with torch's gradient routing, and the XLA:CPU flags. Each must compute what it replaces."""
+"""The CPU-specific pieces behind the Flax twin's speed: small-map convolutions as patches + matmul (forward) and as
+per-tap matmuls over real pixels (differentiated), the tap max pool with torch's gradient routing, and the XLA:CPU
+flags. Each must compute what it replaces."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from jax import lax
 
 from parity_tests.tolerances import F64_ABS
 from r34_flax import conv_lowering, xla_cpu
-from r34_flax.conv_lowering import conv_general_dilated, patches_conv, uses_patches
+from r34_flax.conv_lowering import conv_general_dilated, patches_conv, tapwise_conv, uses_patches, uses_tapwise
 from r34_flax.pooling import max_pool
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 # (batch, height, width, c_in, c_out, kernel, stride): every small-map case ResNet inputs of 32-64 px produce
-# (1x1 maps where eight of nine taps read only padding, 2x2 and 4x4, stride 2), the 7x7 stem, a non-square map.
+# (1x1 maps where eight of nine taps read only padding, 2x2 and 4x4, stride 2), the 7x7 stem, a non-square map,
+# odd maps at stride 2 (the last window reads padding on one side only), 224 px's 7x7 layer4 map.
 CONV_CASES = [
     (2, 1, 1, 8, 4, 3, 1),
     (2, 2, 2, 8, 4, 3, 1),
@@ -30,6 +32,8 @@ CONV_CASES = [
     (2, 3, 5, 8, 4, 3, 1),
     (2, 4, 4, 8, 4, 1, 2),
     (2, 8, 8, 3, 4, 7, 2),
+    (2, 5, 7, 3, 4, 3, 2),
+    (2, 7, 7, 3, 4, 3, 1),
 ]
 
 
@@ -38,8 +42,9 @@ def xla_conv(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
                                     dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, NHWC))
 
 
+@pytest.mark.parametrize("lowering", [patches_conv, tapwise_conv], ids=lambda f: f.__name__)
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "b{}_{}x{}_{}to{}_k{}s{}".format(*c))
-def test_patches_conv_equals_xla_convolution_with_gradients(case: tuple) -> None:
+def test_cpu_lowerings_equal_xla_convolution_with_gradients(case: tuple, lowering) -> None:
     n, h, w, c_in, c_out, k, s = case
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
@@ -47,12 +52,66 @@ def test_patches_conv_equals_xla_convolution_with_gradients(case: tuple) -> None
         kernel = jnp.asarray(rng.standard_normal((k, k, c_in, c_out)))
         pad = k // 2
         ref, ref_vjp = jax.vjp(lambda a, b: xla_conv(a, b, s, pad), x, kernel)
-        out, vjp = jax.vjp(lambda a, b: patches_conv(a, b, (s, s), ((pad, pad), (pad, pad))), x, kernel)
+        out, vjp = jax.vjp(lambda a, b: lowering(a, b, (s, s), ((pad, pad), (pad, pad))), x, kernel)
         g = jnp.asarray(rng.standard_normal(ref.shape))
         assert out.shape == ref.shape
         assert float(jnp.max(jnp.abs(out - ref))) <= F64_ABS
         for got, want in zip(vjp(g), ref_vjp(g)):
             assert float(jnp.max(jnp.abs(got - want))) <= F64_ABS
+
+
+def test_conv_takes_patches_forward_and_tapwise_when_differentiated() -> None:
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((4, 2, 2, 16)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 16, 8)), jnp.float32)
+    pad = ((1, 1), (1, 1))
+
+    def conv(a: jax.Array, b: jax.Array) -> jax.Array:
+        return conv_general_dilated(a, b, (1, 1), pad, dimension_numbers=lax.conv_dimension_numbers(a.shape, b.shape,
+                                                                                                      NHWC))
+
+    # Bit-for-bit: which lowering ran, not only that the numbers are close.
+    forward = jax.jit(conv)(x, w)
+    differentiated, vjp = jax.vjp(jax.jit(conv), x, w)
+    np.testing.assert_array_equal(forward, jax.jit(lambda a, b: patches_conv(a, b, (1, 1), pad))(x, w))
+    np.testing.assert_array_equal(differentiated, jax.jit(lambda a, b: tapwise_conv(a, b, (1, 1), pad))(x, w))
+    want = jax.vjp(lambda a, b: tapwise_conv(a, b, (1, 1), pad), x, w)[1](jnp.ones_like(forward))
+    for got, ref in zip(vjp(jnp.ones_like(forward)), want):
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_small_map_conv_supports_forward_mode_autodiff() -> None:
+    # Its custom rule is a JVP, which JAX transposes for reverse mode: jax.jvp (and forward-over-reverse
+    # Hessian-vector products) work too.
+    rng = np.random.default_rng(3)
+    pad = ((1, 1), (1, 1))
+    with jax.enable_x64(True):
+        x, dx = (jnp.asarray(rng.standard_normal((2, 2, 2, 3))) for _ in range(2))
+        w, dw = (jnp.asarray(rng.standard_normal((3, 3, 3, 4))) for _ in range(2))
+        dn = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
+
+        def ours(a: jax.Array, b: jax.Array) -> jax.Array:
+            return conv_general_dilated(a, b, (1, 1), pad, dimension_numbers=dn)
+
+        def xla(a: jax.Array, b: jax.Array) -> jax.Array:
+            return lax.conv_general_dilated(a, b, (1, 1), pad, dimension_numbers=dn)
+
+        got, want = jax.jvp(ours, (x, w), (dx, dw)), jax.jvp(xla, (x, w), (dx, dw))
+        for a, b in zip(got, want):
+            assert float(jnp.max(jnp.abs(a - b))) <= F64_ABS
+        hvp = [jax.jvp(jax.grad(lambda a, f=f: jnp.sum(jnp.sin(f(a, w)))), (x,), (dx,))[1] for f in (ours, xla)]
+        assert float(jnp.max(jnp.abs(hvp[0] - hvp[1]))) <= F64_ABS
+
+
+def test_tapwise_covers_maps_up_to_7x7() -> None:
+    dn = lax.conv_dimension_numbers((8, 7, 7, 64), (3, 3, 64, 64), NHWC)
+    pad = ((1, 1), (1, 1))
+    assert uses_tapwise((8, 7, 7, 64), (3, 3, 64, 64), (1, 1), pad, dimension_numbers=dn)
+    assert uses_tapwise((512, 7, 7, 64), (3, 3, 64, 64), (1, 1), pad, dimension_numbers=dn)  # any batch
+    assert uses_tapwise((8, 14, 14, 64), (3, 3, 64, 64), (2, 2), pad, dimension_numbers=dn)  # 7x7 output
+    assert not uses_tapwise((8, 8, 8, 64), (3, 3, 64, 64), (1, 1), pad, dimension_numbers=dn)
+    assert not uses_tapwise((8, 7, 7, 64), (3, 3, 64, 64), (1, 1), "SAME", dimension_numbers=dn)
+    assert not uses_tapwise((8, 7, 7, 64), (3, 3, 32, 64), (1, 1), pad, dimension_numbers=dn, feature_group_count=2)
 
 
 def test_only_small_plain_2d_maps_take_patches() -> None:
@@ -61,6 +120,13 @@ def test_only_small_plain_2d_maps_take_patches() -> None:
     assert uses_patches((8, 2, 2, 64), (3, 3, 64, 64), (1, 1), pad, dimension_numbers=dn)
     assert uses_patches((8, 8, 8, 64), (3, 3, 64, 64), (2, 2), pad, dimension_numbers=dn)  # 4x4 output
     assert not uses_patches((8, 8, 8, 64), (3, 3, 64, 64), (1, 1), pad, dimension_numbers=dn)  # 8x8 output
+    # 3x3 and 4x4 maps depend on the patch rows (batch x pixels); 1x1 and 2x2 maps take patches at any batch.
+    assert uses_patches((32, 4, 4, 64), (3, 3, 64, 64), (1, 1), pad, dimension_numbers=dn)  # 512 rows
+    assert not uses_patches((33, 4, 4, 64), (3, 3, 64, 64), (1, 1), pad, dimension_numbers=dn)  # 528 rows
+    assert uses_patches((56, 3, 3, 64), (3, 3, 64, 64), (1, 1), pad, dimension_numbers=dn)  # 504 rows
+    assert not uses_patches((128, 8, 8, 64), (3, 3, 64, 64), (2, 2), pad, dimension_numbers=dn)  # 4x4, 2048 rows
+    assert uses_patches((4096, 2, 2, 64), (3, 3, 64, 64), (1, 1), pad, dimension_numbers=dn)
+    assert uses_patches((4096, 1, 4, 64), (3, 3, 64, 64), (1, 1), pad, dimension_numbers=dn)
     assert not uses_patches((8, 2, 2, 64), (3, 3, 64, 64), (1, 1), "SAME", dimension_numbers=dn)
     assert not uses_patches((8, 2, 2, 64), (3, 3, 64, 64), (1, 1), pad, rhs_dilation=(2, 2), dimension_numbers=dn)
     assert not uses_patches((8, 2, 2, 64), (3, 3, 32, 64), (1, 1), pad, dimension_numbers=dn, feature_group_count=2)
@@ -88,9 +154,11 @@ def test_small_maps_lower_to_matmul_on_cpu_and_stay_convolutions_on_gpu_and_tpu(
     assert "stablehlo.convolution" in _lowered_text((4, 16, 16, 16), ("cpu",))  # large maps keep XLA's convolution
 
 
-def test_small_map_threshold_is_what_the_model_uses() -> None:
-    # A guard against a silent change of the documented threshold (README, PARITY_FACTS).
-    assert conv_lowering.SMALL_MAP_PIXELS == 16
+def test_small_map_thresholds_are_the_documented_ones() -> None:
+    # A guard against a silent change of the documented thresholds (README, conv_lowering's measurements).
+    thresholds = (conv_lowering.TINY_MAP_PIXELS, conv_lowering.SMALL_MAP_PIXELS, conv_lowering.SMALL_MAP_ROWS,
+                  conv_lowering.TAPWISE_MAP_PIXELS)
+    assert thresholds == (4, 16, 512, 49)
 
 
 @pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
@@ -133,6 +201,6 @@ def test_cpu_flags_are_set_before_jax_starts_and_only_when_asked() -> None:
     code = ("import os, r34_flax, jax; assert 'XLA_FLAGS' not in os.environ, 'set on import'; "
             "from r34_flax.xla_cpu import apply_cpu_flags; assert apply_cpu_flags(); jax.devices(); "
             "print(os.environ['XLA_FLAGS'])")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == list(xla_cpu.CPU_FLAGS)

@@ -155,6 +155,17 @@ def test_optimizer_trajectories(case: str, optimizer: str, dtype: str) -> None:
     config, size = CASES[case]
     initial = torch_model(config, seed=5).state_dict()
     losses_ref, losses, snapshots = run_trajectories(config, size, RECIPES[optimizer], dtype)
+    torch_f32 = None
+    if dtype == "float32":
+        # The referee for float32 is the float64 torch trajectory (which the float64 Flax twin matches to ~1e-14),
+        # not torch's own float32 run: float32 runs occasionally cross a near-tie (a ReLU input or max-pool pair
+        # within rounding of each other) and then the run that crossed it leaves the exact trajectory. Seen: tiny,
+        # SGD, step 9: torch float32 left the float64 curve by 7.8e-4 while Flax float32 stayed within 1.4e-6 of
+        # it; comparing the two float32 runs would blame the twin that was right.
+        torch_f32 = (losses_ref, snapshots)
+        losses_exact, _, snapshots_exact = run_trajectories(config, size, RECIPES[optimizer], "float64")
+        losses_ref = losses_exact
+        snapshots = {k: (snapshots_exact[k][0], snapshots[k][1]) for k in snapshots}
     for steps, (sd_ref, sd) in snapshots.items():
         loss_err = float(np.max(np.abs(losses_ref[:steps] - losses[:steps])))
         floats = [k for k in sd_ref if not k.endswith("num_batches_tracked")]
@@ -171,9 +182,14 @@ def test_optimizer_trajectories(case: str, optimizer: str, dtype: str) -> None:
         # Not vacuous: training moved the parameters far more than the tolerance allows the twins to differ.
         moved = max(max_rel(initial[k].double().numpy(), sd_ref[k].double().numpy()) for k in floats)
         assert moved > 10 * (F64_TRAJECTORY if dtype == "float64" else F32_TRAJECTORY_REL), moved
+        note = ""
+        if torch_f32 is not None:  # for the record: how far torch's own float32 run is from the referee
+            torch_loss = float(np.max(np.abs(losses_ref[:steps] - torch_f32[0][:steps])))
+            torch_state = max(max_rel(sd_ref[k].numpy(), torch_f32[1][steps][0][k].numpy()) for k in floats)
+            note = f"; torch float32 vs float64: loss |d| {torch_loss:.1e}, state rel {torch_state:.1e}"
         print(f"\n{case} {optimizer} {steps} step(s) {dtype}: loss |d| {loss_err:.1e}, worst state rel "
               f"{errors[worst]:.1e} ({worst}); loss {losses_ref[0]:.3f} -> {losses_ref[steps - 1]:.3f}; "
-              f"moved {moved:.1e}")
+              f"moved {moved:.1e}{note}")
 
 
 def test_schedules_match_step_by_step() -> None:
