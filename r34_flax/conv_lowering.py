@@ -181,9 +181,14 @@ def _cpu_conv_jvp(window_strides: tuple, padding: tuple, precision: Any, preferr
     (lhs, rhs), (lhs_dot, rhs_dot) = primals, tangents
 
     def conv(a: jax.Array, b: jax.Array) -> jax.Array:
-        return tapwise_conv(a, b, window_strides, padding, precision, preferred_element_type)
+        return _tapwise_jit(a, b, window_strides, padding, precision, preferred_element_type)
 
     return conv(lhs, rhs), conv(lhs_dot, rhs) + conv(lhs, rhs_dot)
+
+
+# Traced once per distinct shape and reused by every convolution of that shape (a ResNet repeats a few shapes
+# many times): halves the time spent tracing a train step. XLA inlines it when compiling.
+_tapwise_jit = jax.jit(tapwise_conv, static_argnums=(2, 3, 4, 5))
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
