@@ -107,9 +107,9 @@ def patches_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], 
     live = [
         (i, j)
         for i in range(kh)
-        if _reads_data(i, sh, oh, top, h)
+        if _data_range(i, sh, oh, top, h) is not None
         for j in range(kw)
-        if _reads_data(j, sw, ow, left, w)
+        if _data_range(j, sw, ow, left, w) is not None
     ]
     taps = [window_tap(padded, i, j, window_strides, oh, ow) for i, j in live]
     # (tap, c_in) order on the last axis, matching the kernel rows gathered below.
@@ -142,10 +142,9 @@ def tapwise_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], 
             if rows is None or cols is None:
                 continue
             (r0, r1), (c0, c1) = rows, cols
-            # Input pixels tap (i, j) reads at output pixels [r0, r1) x [c0, c1).
-            start = (0, r0 * sh + i - top, c0 * sw + j - left, 0)
-            limit = (n, start[1] + (r1 - r0 - 1) * sh + 1, start[2] + (c1 - c0 - 1) * sw + 1, c)
-            x = lax.slice(lhs, start, limit, (1, sh, sw, 1)).reshape(n * (r1 - r0) * (c1 - c0), c)
+            # The input pixels tap (i, j) reads at output pixels [r0, r1) x [c0, c1) (no padding among them).
+            x = window_tap(lhs, r0 * sh + i - top, c0 * sw + j - left, window_strides, r1 - r0, c1 - c0)
+            x = x.reshape(n * (r1 - r0) * (c1 - c0), c)
             y = lax.dot_general(x, rhs[i, j], (((1,), (0,)), ((), ())), precision=precision,
                                 preferred_element_type=acc_dtype)
             y = y.reshape(n, r1 - r0, c1 - c0, c_out)
@@ -158,11 +157,6 @@ def _data_range(offset: int, stride: int, out_size: int, pad_before: int, in_siz
     it reads only padding."""
     hits = [k for k in range(out_size) if pad_before <= offset + stride * k < pad_before + in_size]
     return (hits[0], hits[-1] + 1) if hits else None
-
-
-def _reads_data(offset: int, stride: int, out_size: int, pad_before: int, in_size: int) -> bool:
-    """Whether kernel offset `offset` reads an input pixel (not padding) at any of the `out_size` positions."""
-    return _data_range(offset, stride, out_size, pad_before, in_size) is not None
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6))
