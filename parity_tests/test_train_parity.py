@@ -6,6 +6,8 @@ the torch side the reference trainer's (`train.step_torch`, `train.optim_torch`)
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -121,6 +123,14 @@ RECIPES = {
 SNAPSHOTS = (1, 10)  # compare after one step and after a 10-step trajectory
 
 
+@functools.cache
+def trajectories(case: str, optimizer: str, dtype: str):
+    """run_trajectories for a named case and recipe, run once per session: the float64 run is both a test of its
+    own and the float32 test's referee."""
+    config, size = CASES[case]
+    return run_trajectories(config, size, RECIPES[optimizer], dtype)
+
+
 def run_trajectories(config, size: int, recipe: Recipe, dtype: str):
     """Both trainers for 10 steps from identical weights on identical batches. Returns the torch and Flax loss
     curves and, per snapshot step, both models' state_dicts."""
@@ -152,9 +162,9 @@ def run_trajectories(config, size: int, recipe: Recipe, dtype: str):
 @pytest.mark.parametrize("optimizer", list(RECIPES))
 @pytest.mark.parametrize("case", ["tiny", "tiny_grapheme"])
 def test_optimizer_trajectories(case: str, optimizer: str, dtype: str) -> None:
-    config, size = CASES[case]
+    config, _ = CASES[case]
     initial = torch_model(config, seed=5).state_dict()
-    losses_ref, losses, snapshots = run_trajectories(config, size, RECIPES[optimizer], dtype)
+    losses_ref, losses, snapshots = trajectories(case, optimizer, dtype)
     torch_f32 = None
     if dtype == "float32":
         # The referee for float32 is the float64 torch trajectory (which the float64 Flax twin matches to ~1e-14),
@@ -163,7 +173,7 @@ def test_optimizer_trajectories(case: str, optimizer: str, dtype: str) -> None:
         # SGD, step 9: torch float32 left the float64 curve by 7.8e-4 while Flax float32 stayed within 1.4e-6 of
         # it; comparing the two float32 runs would blame the twin that was right.
         torch_f32 = (losses_ref, snapshots)
-        losses_exact, _, snapshots_exact = run_trajectories(config, size, RECIPES[optimizer], "float64")
+        losses_exact, _, snapshots_exact = trajectories(case, optimizer, "float64")
         losses_ref = losses_exact
         snapshots = {k: (snapshots_exact[k][0], snapshots[k][1]) for k in snapshots}
     for steps, (sd_ref, sd) in snapshots.items():
