@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import flax
 import jax
 import jax.numpy as jnp
 import jaxlib
@@ -67,10 +68,12 @@ def forward_flops(config: ResNetConfig, size: int) -> int:
     return flops + sum(2 * config.num_features * n for _, n in config.heads)
 
 
-def matmul_rate(dtype: str = "float32", torch_device: str = "cpu", n: int = 2048, repeats: int = 7) -> float:
+def matmul_rate(dtype: str = "float32", torch_device: str = "cpu", n: int | None = None, repeats: int = 7) -> float:
     """The machine's matmul rate in GFLOP/s for `dtype`: the better of torch (on `torch_device`) and XLA (on JAX's
-    default device) on an n x n product, median of `repeats`."""
+    default device) on an n x n product, median of `repeats`. n defaults to 2048 on a CPU and 8192 on an
+    accelerator (a 2048 product is too short there to reach its rate)."""
     device = torch.device(torch_device)
+    n = n or (2048 if device.type == "cpu" else 8192)
     a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
     x = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype=dtype)
     mm = jax.jit(jnp.matmul)
@@ -223,8 +226,14 @@ def environment(matmul_gflops: float, args: argparse.Namespace) -> dict:
     except (OSError, StopIteration):
         pass
     return {
-        "jax": jax.__version__, "jaxlib": jaxlib.__version__, "torch": torch.__version__,
-        "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "torch_device": args.torch_device,
+        "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "torch": torch.__version__,
+        "backend": jax.default_backend(), "devices": [f"{d} ({d.device_kind})" for d in jax.devices()],
+        "torch_device": args.torch_device,
+        "torch_device_name": torch.cuda.get_device_name() if args.torch_device.startswith("cuda") else cpu,
+        # float32 on NVIDIA GPUs: both run convolutions in TF32 by default (XLA's default precision, torch's
+        # cudnn.allow_tf32); torch's plain matmuls do not unless asked.
+        "torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
         "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "dtype": args.dtype, "preset": args.preset,
         "matmul_gflops": matmul_gflops, "python": sys.version.split()[0],
@@ -288,12 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(config: ResNetConfig, args: argparse.Namespace) -> tuple[list[Row], float]:
     """(rows, matmul GFLOP/s) for every case of `args`."""
+    if args.torch_device.startswith("cuda"):
+        # cuDNN picks convolution algorithms by timing them, as XLA's GPU autotuner does; the warm-up calls pay it.
+        torch.backends.cudnn.benchmark = True
     rate = matmul_rate(args.dtype, args.torch_device)
     rows = []
     for batch, size in args.cases:
         print(f"benchmarking batch {batch} @ {size} ...", file=sys.stderr, flush=True)
-        rows += bench_case(config, batch, size, dtype=args.dtype, device=args.torch_device,
-                           torch_compile=args.torch_compile, warmup=args.warmup, repeats=args.repeats)
+        case_rows = bench_case(config, batch, size, dtype=args.dtype, device=args.torch_device,
+                               torch_compile=args.torch_compile, warmup=args.warmup, repeats=args.repeats)
+        # Each case's rows as soon as they are measured: a long run that is stopped still told what it found.
+        print(format_table(case_rows, rate, args.dtype), file=sys.stderr, flush=True)
+        rows += case_rows
     return rows, rate
 
 
