@@ -11,9 +11,11 @@ reach layer3/layer4 at 1x1 to 4x4, 224 px inputs layer4 at 7x7. Two lowerings re
   with padding zeros (2x2 map, 3x3 kernel: 56%; 4x4: 31%; 7x7: 18%); oneDNN (PyTorch's CPU kernels) skips them,
   XLA's convolution and patches do not. Measured here: PyTorch's convolution on a padded 4x4 map takes 0.71x the
   time of the same-size convolution without padding, exactly its share of real products; XLA's matmuls run at the
-  same rate as oneDNN's on real products (~200-220 GFLOP/s on these 2 cores). Its forward is slower than patches
-  inside a whole inference graph (nine small matmuls and slices per convolution), so it is used through a custom
-  JVP only when the convolution is differentiated.
+  same rate as oneDNN's on real products (~200-220 GFLOP/s on these 2 cores). Its forward alone beats patches,
+  but inside a whole inference graph XLA fuses the input's producers (BatchNorm, ReLU, residual adds) into each of
+  the nine tap slices, computing them nine times over (an optimization_barrier is removed before fusion on CPU),
+  so it is used through a custom JVP only when the convolution is differentiated, where the input is kept for the
+  backward pass anyway.
 
 The choice is made per platform at lowering time (`lax.platform_dependent`), so GPUs and TPUs keep XLA's
 convolution, and per shape at trace time. Both lowerings sum the same products in another order: results agree
