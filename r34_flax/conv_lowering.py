@@ -14,8 +14,8 @@ reach layer3/layer4 at 1x1 to 4x4, 224 px inputs layer4 at 7x7. Two lowerings re
   same rate as oneDNN's on real products (~200-220 GFLOP/s on these 2 cores). Its forward alone beats patches,
   but inside a whole inference graph XLA fuses the input's producers (BatchNorm, ReLU, residual adds) into each of
   the nine tap slices, computing them nine times over (an optimization_barrier is removed before fusion on CPU),
-  so it is used through a custom JVP only when the convolution is differentiated, where the input is kept for the
-  backward pass anyway.
+  so it is used through a custom JVP only when the convolution is differentiated, where its backward saves more
+  than that costs. (Patches do not suffer it: XLA:CPU does not fuse their concatenate.)
 
 The choice is made per platform at lowering time (`lax.platform_dependent`), so GPUs and TPUs keep XLA's
 convolution, and per shape at trace time. Both lowerings sum the same products in another order: results agree
