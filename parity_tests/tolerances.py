@@ -41,8 +41,8 @@ F64_TRAJECTORY = 1e-10
 # twins agree to ~1e-14), because a float32 run occasionally crosses a near-tie (a ReLU input or a max-pool pair
 # within rounding of each other) and leaves the exact curve: torch's float32 run does so at step 9 of tiny SGD
 # (loss 5.8e-3, state 3.8e-3 off the float64 run). The Flax run used to cross it the same way; since the CPU conv
-# lowering changed its rounding it stays on the exact curve (1.4e-6), and the float32-vs-float32 comparison then
-# failed the twin that was right. Measured worst, Flax float32 vs float64: parameters 9.3e-6 relative
+# lowering changed its rounding it stays on the exact curve (loss 2.6e-6), and the float32-vs-float32 comparison
+# then failed the twin that was right. Measured worst, Flax float32 vs float64: parameters 9.3e-6 relative
 # (tiny_grapheme AdamW, grapheme_root.weight), loss curve 5.1e-6 absolute (tiny_grapheme SGD); earlier (Flax vs
 # torch float32, both crossing it alike): 9.9e-5 / 8.6e-6. Bounds unchanged. Under an unstable recipe (SGD lr 0.05,
 # loss rising 2.50 -> 3.13) float32 curves separated by 0.32 while float64 stayed within 7e-14: chaos amplifies
