@@ -229,7 +229,8 @@ def environment(matmul_gflops: float, args: argparse.Namespace) -> dict:
         "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "torch": torch.__version__,
         "backend": jax.default_backend(), "devices": [f"{d} ({d.device_kind})" for d in jax.devices()],
         "torch_device": args.torch_device,
-        "torch_device_name": torch.cuda.get_device_name() if args.torch_device.startswith("cuda") else cpu,
+        "torch_device_name": (torch.cuda.get_device_name(torch.device(args.torch_device))
+                              if args.torch_device.startswith("cuda") else cpu),
         # float32 on NVIDIA GPUs: both run convolutions in TF32 by default (XLA's default precision, torch's
         # cudnn.allow_tf32); torch's plain matmuls do not unless asked.
         "torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
