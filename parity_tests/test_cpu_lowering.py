@@ -77,7 +77,7 @@ def test_conv_takes_patches_forward_and_tapwise_when_differentiated() -> None:
     np.testing.assert_array_equal(differentiated, jax.jit(lambda a, b: tapwise_conv(a, b, (1, 1), pad))(x, w))
     want = jax.vjp(lambda a, b: tapwise_conv(a, b, (1, 1), pad), x, w)[1](jnp.ones_like(forward))
     for got, ref in zip(vjp(jnp.ones_like(forward)), want):
-        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(got, ref)
 
 
 def test_small_map_conv_supports_forward_mode_autodiff() -> None:
