@@ -37,9 +37,15 @@ CONV_CASES = [
 ]
 
 
-def xla_conv(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
+def xla_conv(x: jax.Array, w: jax.Array, stride: int = 1, pad: int = 1) -> jax.Array:
     return lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
                                     dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, NHWC))
+
+
+def our_conv(x: jax.Array, w: jax.Array, stride: int = 1, pad: int = 1) -> jax.Array:
+    """The Flax twin's convolution (r34_flax.conv_lowering) called exactly as xla_conv calls XLA's."""
+    return conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, NHWC))
 
 
 @pytest.mark.parametrize("lowering", [patches_conv, tapwise_conv], ids=lambda f: f.__name__)
@@ -66,13 +72,9 @@ def test_conv_takes_patches_forward_and_tapwise_when_differentiated() -> None:
     w = jnp.asarray(rng.standard_normal((3, 3, 16, 8)), jnp.float32)
     pad = ((1, 1), (1, 1))
 
-    def conv(a: jax.Array, b: jax.Array) -> jax.Array:
-        return conv_general_dilated(a, b, (1, 1), pad, dimension_numbers=lax.conv_dimension_numbers(a.shape, b.shape,
-                                                                                                      NHWC))
-
     # Bit-for-bit: which lowering ran, not only that the numbers are close.
-    forward = jax.jit(conv)(x, w)
-    differentiated, vjp = jax.vjp(jax.jit(conv), x, w)
+    forward = jax.jit(our_conv)(x, w)
+    differentiated, vjp = jax.vjp(jax.jit(our_conv), x, w)
     np.testing.assert_array_equal(forward, jax.jit(lambda a, b: patches_conv(a, b, (1, 1), pad))(x, w))
     np.testing.assert_array_equal(differentiated, jax.jit(lambda a, b: tapwise_conv(a, b, (1, 1), pad))(x, w))
     want = jax.vjp(lambda a, b: tapwise_conv(a, b, (1, 1), pad), x, w)[1](jnp.ones_like(forward))
@@ -84,22 +86,14 @@ def test_small_map_conv_supports_forward_mode_autodiff() -> None:
     # Its custom rule is a JVP, which JAX transposes for reverse mode: jax.jvp (and forward-over-reverse
     # Hessian-vector products) work too.
     rng = np.random.default_rng(3)
-    pad = ((1, 1), (1, 1))
     with jax.enable_x64(True):
         x, dx = (jnp.asarray(rng.standard_normal((2, 2, 2, 3))) for _ in range(2))
         w, dw = (jnp.asarray(rng.standard_normal((3, 3, 3, 4))) for _ in range(2))
-        dn = lax.conv_dimension_numbers(x.shape, w.shape, NHWC)
-
-        def ours(a: jax.Array, b: jax.Array) -> jax.Array:
-            return conv_general_dilated(a, b, (1, 1), pad, dimension_numbers=dn)
-
-        def xla(a: jax.Array, b: jax.Array) -> jax.Array:
-            return lax.conv_general_dilated(a, b, (1, 1), pad, dimension_numbers=dn)
-
-        got, want = jax.jvp(ours, (x, w), (dx, dw)), jax.jvp(xla, (x, w), (dx, dw))
+        got, want = jax.jvp(our_conv, (x, w), (dx, dw)), jax.jvp(xla_conv, (x, w), (dx, dw))
         for a, b in zip(got, want):
             assert float(jnp.max(jnp.abs(a - b))) <= F64_ABS
-        hvp = [jax.jvp(jax.grad(lambda a, f=f: jnp.sum(jnp.sin(f(a, w)))), (x,), (dx,))[1] for f in (ours, xla)]
+        hvp = [jax.jvp(jax.grad(lambda a, f=f: jnp.sum(jnp.sin(f(a, w)))), (x,), (dx,))[1]
+               for f in (our_conv, xla_conv)]
         assert float(jnp.max(jnp.abs(hvp[0] - hvp[1]))) <= F64_ABS
 
 
@@ -138,11 +132,7 @@ def _lowered_text(x_shape: tuple, platforms: tuple[str, ...]) -> str:
     x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
     w = jax.ShapeDtypeStruct((3, 3, x_shape[-1], 16), jnp.float32)
 
-    def f(x: jax.Array, w: jax.Array) -> jax.Array:
-        return conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
-                                    dimension_numbers=lax.conv_dimension_numbers(x.shape, w.shape, NHWC))
-
-    return jax.export.export(jax.jit(f), platforms=platforms)(x, w).mlir_module()
+    return jax.export.export(jax.jit(our_conv), platforms=platforms)(x, w).mlir_module()
 
 
 def test_small_maps_lower_to_matmul_on_cpu_and_stay_convolutions_on_gpu_and_tpu() -> None:
