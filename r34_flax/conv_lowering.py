@@ -139,9 +139,11 @@ def tapwise_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], 
     out = jnp.zeros((n, oh, ow, c_out), acc_dtype)
     for i in range(kh):
         rows = _data_range(i, sh, oh, top, h)
+        if rows is None:
+            continue
         for j in range(kw):
             cols = _data_range(j, sw, ow, left, w)
-            if rows is None or cols is None:
+            if cols is None:
                 continue
             (r0, r1), (c0, c1) = rows, cols
             # The input pixels tap (i, j) reads at output pixels [r0, r1) x [c0, c1) (no padding among them).
