@@ -7,9 +7,18 @@ from pathlib import Path
 import pytest
 
 from parity_tests.bengali_files import write_competition_files
+from r34.machine import cpu_description
 from r34_flax.precision import use_full_precision
 
 use_full_precision()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Float32 figures depend on the CPU's kernels: every run says which CPU its figures come from."""
+    import jax
+    import torch
+
+    return f"parity figures measured on: {cpu_description()}; jax {jax.__version__}, torch {torch.__version__}"
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ from flax import nnx
 from parity_tests.helpers import as_torch_layout, max_abs, nchw_to_nhwc, precision, torch_model
 from parity_tests.tolerances import F32_FEATURE_MAP_REL, F32_REL, F32_TRAIN_LOGITS_REL, F64_ABS
 from r34 import PRESETS, get_preset
+from r34.machine import cpu_description
 from r34_flax.conversion import ConversionError, from_torch
 from r34_flax.model import ResNet
 from r34_flax.precision import use_full_precision
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     source = args.weights or f"preset {args.preset}, seed {args.seed}"
     print(f"{source}: {args.mode} mode, {args.dtype}, input {args.batch}x{channels}x{args.size}x{args.size}")
+    print(f"CPU: {cpu_description()}")
     print(render(rows))
     bad = [r for r in rows if not r.ok]
     if args.plot:

@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
 from r34.config import ResNetConfig, get_preset
+from r34.machine import cpu_model, vector_extensions
 from r34_flax.model import resnet as flax_resnet
 from r34_flax.weights_io import atomic_write
 from r34_flax.xla_cpu import apply_cpu_flags
@@ -219,12 +219,7 @@ def bench_case(config: ResNetConfig, batch: int, size: int, *, dtype: str, devic
 
 
 def environment(matmul_gflops: float, args: argparse.Namespace) -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     return {
         "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "torch": torch.__version__,
         "backend": jax.default_backend(), "devices": [f"{d} ({d.device_kind})" for d in jax.devices()],
@@ -235,7 +230,8 @@ def environment(matmul_gflops: float, args: argparse.Namespace) -> dict:
         # cudnn.allow_tf32); torch's plain matmuls do not unless asked.
         "torch_cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
-        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu, "cpu_extensions": vector_extensions(), "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "dtype": args.dtype, "preset": args.preset,
         "matmul_gflops": matmul_gflops, "python": sys.version.split()[0],
     }
