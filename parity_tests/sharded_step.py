@@ -3,7 +3,8 @@ an 8-device mesh, same model, same global batches; prints the largest parameter 
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m parity_tests.sharded_step DATA_DIR [TRAINER FLAGS]
 
-With trainer flags it then runs `train.flax` with them in the same 8-device process.
+With trainer flags it then runs `train.flax` with them in the same 8-device process. Like `train.flax`, it applies
+the XLA:CPU flags of r34_flax.xla_cpu first.
 """
 
 from __future__ import annotations
@@ -16,21 +17,25 @@ import jax
 import numpy as np
 
 from parity_tests.helpers import max_rel
+from parity_tests.roundings import ROUNDINGS, Rounding
 from r34 import get_preset
 from r34_flax import flax_state, resnet
+from r34_flax.xla_cpu import apply_cpu_flags
 from train.data import pipeline
 from train.optim_flax import make_optimizer
 from train.recipe import Recipe
 from train.step_flax import data_mesh, init_train_state, make_train_step, shard_batch
 
 STEPS = 3
+# The comparison holds for other roundings of the same steps too (parity_tests/roundings.py).
+SHARDED_ROUNDINGS = ("default", "xla_conv", "ulp")
 
 
-def run(devices: list, spec, source) -> dict:
+def run(devices: list, spec, source, rounding: Rounding) -> dict:
     config = get_preset("tiny").replace(in_channels=1)
     tx = make_optimizer(Recipe(lr=0.05, warmup_steps=1, total_steps=10))
     mesh = data_mesh(devices)
-    graphdef, state = init_train_state(resnet(config, seed=0), tx, mesh)
+    graphdef, state = init_train_state(rounding.flax_model(resnet(config, seed=0)), tx, mesh)
     step = make_train_step(graphdef, tx, 0.0, mesh)
     for batch in list(pipeline.train_batches(source, spec, 32, seed=0, epoch=0))[:STEPS]:
         state, _ = step(state, *shard_batch((batch["image"], batch["labels"]), mesh))
@@ -40,13 +45,21 @@ def run(devices: list, spec, source) -> dict:
 
 
 def main() -> None:
+    # The trainer's XLA:CPU flag, as `python -m train.flax` sets it: this process is the suite's run of the flag's
+    # float32 rounding (the in-process tests run without it). R34_XLA_CPU_FLAGS=0 leaves it off.
+    apply_cpu_flags()
     assert len(jax.devices()) == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
     spec, sources = pipeline.load("sklearn_digits", Path(sys.argv[1]))
-    one, eight = run(jax.devices()[:1], spec, sources["train"]), run(jax.devices(), spec, sources["train"])
-    errors = {"/".join(map(str, k)): max_rel(one[k], eight[k]) for k in one if np.issubdtype(one[k].dtype, np.floating)}
-    counters_equal = all(np.array_equal(one[k], eight[k]) for k in one if k[-1] == "num_batches_tracked")
-    worst = max(errors, key=errors.get)
-    print(json.dumps({"steps": STEPS, "worst": worst, "rel": errors[worst], "counters_equal": counters_equal}))
+    for name in SHARDED_ROUNDINGS:
+        with ROUNDINGS[name].applied():
+            one = run(jax.devices()[:1], spec, sources["train"], ROUNDINGS[name])
+            eight = run(jax.devices(), spec, sources["train"], ROUNDINGS[name])
+        errors = {"/".join(map(str, k)): max_rel(one[k], eight[k])
+                  for k in one if np.issubdtype(one[k].dtype, np.floating)}
+        counters_equal = all(np.array_equal(one[k], eight[k]) for k in one if k[-1] == "num_batches_tracked")
+        worst = max(errors, key=errors.get)
+        print(json.dumps({"steps": STEPS, "rounding": name, "worst": worst, "rel": errors[worst],
+                          "counters_equal": counters_equal}))
     if len(sys.argv) > 2:
         from train.loop_flax import main as train_main
 

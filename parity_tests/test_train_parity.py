@@ -6,6 +6,7 @@ the torch side the reference trainer's (`train.step_torch`, `train.optim_torch`)
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -14,13 +15,19 @@ import pytest
 import torch
 
 from parity_tests.helpers import max_abs, max_rel, precision, torch_model
+from parity_tests.injections import NO_BUG, Bug
+from parity_tests.roundings import DEFAULT, ROUNDINGS, Rounding
 from parity_tests.tolerances import (
+    CONDITIONING_MARGIN,
+    CONDITIONING_NUDGE,
+    CONDITIONING_SIBLINGS,
     F32_BN_STATE_REL,
     F32_GRAD_REL,
     F32_REL,
     F32_TRAIN_LOGITS_REL,
     F32_TRAJECTORY_LOSS_ABS,
     F32_TRAJECTORY_REL,
+    F32_TRAJECTORY_STEPS,
     F64_ABS,
     F64_GRAD_REL,
     F64_TRAJECTORY,
@@ -30,9 +37,11 @@ from parity_tests.train_twins import (
     make_batches,
     state_as_torch,
     torch_grads,
+    torch_trajectory,
     twins,
 )
 from r34 import get_preset
+from r34.config import ResNetConfig
 from r34_flax import to_torch
 from train import optim_flax, optim_torch, step_flax, step_torch
 from train.recipe import Recipe
@@ -43,6 +52,10 @@ TINY_GRAPHEME = get_preset("tiny_grapheme")
 CASES = {
     "tiny": (get_preset("tiny"), 32),
     "tiny_grapheme": (TINY_GRAPHEME, 32),
+    # float32 gradients at 64 px: at 32 px layer4 is 1x1 and its train-mode BatchNorm normalises batch-size (4)
+    # values, which makes the gradients ill-conditioned (tolerances.F32_GRAD_REL).
+    "tiny@64": (get_preset("tiny"), 64),
+    "tiny_grapheme@64": (TINY_GRAPHEME, 64),
     "resnet18": (get_preset("resnet18"), 64),
     "grapheme34": (get_preset("grapheme34"), 64),
 }
@@ -60,21 +73,41 @@ def _close(ref: np.ndarray, got: np.ndarray, dtype: str, f32_rel: float, what: s
     return f"{err:.1e}"
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("case", ["tiny", "tiny_grapheme", "grapheme34", FULL])
-def test_train_mode_forward_and_batchnorm_state(case: str, dtype: str) -> None:
+def with_roundings(cases: list, roundings: list[str]) -> list:
+    """(case, dtype, rounding) parameters: float64 once per case (float64 results do not depend on the CPU), float32
+    under every rounding in `roundings` (see parity_tests/roundings.py)."""
+    params = []
+    for case in cases:
+        marks = getattr(case, "marks", ())  # a pytest.param (FULL) keeps its marks
+        name = case.values[0] if hasattr(case, "values") else case
+        params.append(pytest.param(name, "float64", "default", marks=marks))
+        params += [pytest.param(name, "float32", r, marks=marks) for r in roundings]
+    return params
+
+
+# Roundings for checks whose referee is torch's float32 run (both sides' roundings matter) and for those whose referee
+# is the float64 run (only the Flax side's matters).
+BOTH_SIDES = list(ROUNDINGS)
+FLAX_SIDE = [name for name, r in ROUNDINGS.items() if name == "default" or r.changes_flax]
+
+
+def check_train_mode(case: str, dtype: str, rounding: Rounding = DEFAULT, bug: Bug = NO_BUG) -> tuple[float, float]:
+    """Two train-mode forwards of both twins: logits and BN running statistics within bounds. Returns the worst
+    (logits, statistics) errors; raises AssertionError naming the first value out of bounds."""
     config, size = CASES[case]
-    with precision(dtype):
-        ref, model = twins(config, dtype, seed=1)
+    with precision(dtype), rounding.applied(), bug.applied():
+        ref, model = twins(config, dtype, seed=1, rounding=rounding)
+        bug.edit(model)
         model.train()
         worst_logits, worst_state = 0.0, 0.0
-        for step, batch in enumerate(make_batches(config, 2, 4, size, dtype, seed=2)):
+        for step, batch in enumerate(make_batches(config, 2, 4, size, dtype, seed=2, rounding=rounding)):
             ref.train()
             with torch.no_grad():
                 out_ref = step_torch.heads_of(ref(batch.torch_images), config)
             out = step_flax.heads_of(model(batch.flax_images), config)
             for head in out_ref:
-                _close(out_ref[head].numpy(), np.asarray(out[head]), dtype, F32_TRAIN_LOGITS_REL, f"{head}, step {step}")
+                _close(out_ref[head].numpy(), np.asarray(out[head]), dtype, F32_TRAIN_LOGITS_REL,
+                       f"{head}, step {step}")
                 worst_logits = max(worst_logits, max_rel(out_ref[head].numpy(), np.asarray(out[head])))
         exported = to_torch(model)
         for key, value in ref.state_dict().items():
@@ -83,24 +116,60 @@ def test_train_mode_forward_and_batchnorm_state(case: str, dtype: str) -> None:
             elif "running" in key:
                 _close(value.numpy(), exported[key].numpy(), dtype, F32_BN_STATE_REL, key)
                 worst_state = max(worst_state, max_rel(value.numpy(), exported[key].numpy()))
-    print(f"\n{case} {dtype}: train-mode logits rel {worst_logits:.2e}, BN running stats rel {worst_state:.2e}")
+    return worst_logits, worst_state
+
+
+@pytest.mark.parametrize("case, dtype, rounding", with_roundings(["tiny", "tiny_grapheme", "grapheme34"], BOTH_SIDES)
+                         + with_roundings([FULL], ["default"]))
+def test_train_mode_forward_and_batchnorm_state(case: str, dtype: str, rounding: str) -> None:
+    worst_logits, worst_state = check_train_mode(case, dtype, ROUNDINGS[rounding])
+    print(f"\n{case} {dtype} ({rounding}): train-mode logits rel {worst_logits:.2e}, BN running stats rel "
+          f"{worst_state:.2e}")
 
 
 # float32 gradients only on the small models: in float32 a ReLU whose input lies within float32 noise (~1e-5) of
 # zero can take the other branch in one twin, and the gradients behind it then differ by O(1) of that element's
 # cotangent (measured: resnet18 at 64, batch 4, 1 such flip in 6 seeds, 3% on one BN-bias gradient; grapheme34
-# likewise). That is a discontinuity of float32 arithmetic, not a port error; float64 proves the function.
-GRADIENT_CASES = [(case, "float64") for case in ("tiny", "tiny_grapheme", "resnet18", "grapheme34")]
-GRADIENT_CASES += [(case, "float32") for case in ("tiny", "tiny_grapheme")]
-GRADIENT_CASES += [pytest.param("resnet34_224", "float64", marks=pytest.mark.slow)]
+# likewise). That is a discontinuity of float32 arithmetic, not a port error; float64 proves the function. The
+# float32 cases are checked for such near-ties: see gradient_sibling_gap.
+GRADIENT_CASES = with_roundings(["tiny@64", "tiny_grapheme@64"], BOTH_SIDES)
+GRADIENT_CASES += [pytest.param(case, "float64", "default") for case in ("resnet18", "grapheme34")]
+GRADIENT_CASES += [pytest.param("resnet34_224", "float64", "default", marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize("case, dtype", GRADIENT_CASES)
-def test_gradients_of_every_parameter(case: str, dtype: str) -> None:
+@functools.cache
+def gradient_sibling_gap(case: str) -> float:
+    """How far the float64 gradients move when weights and images are nudged by CONDITIONING_NUDGE (worst
+    max|d|/max|ref| over tensors and CONDITIONING_SIBLINGS nudges): the gradients' own sensitivity to rounding-sized
+    changes, which a float32 comparison cannot be tighter than. A near-tie shows as a jump to 1e-2."""
     config, size = CASES[case]
-    with precision(dtype):
-        ref, model = twins(config, dtype, seed=3)
-        batch = make_batches(config, 1, 4, size, dtype, seed=4)[0]
+    with precision("float64"):
+        exact = torch_grads(twins(config, "float64", seed=3)[0], make_batches(config, 1, 4, size, "float64", 4)[0])[1]
+        gap = 0.0
+        for sibling in range(CONDITIONING_SIBLINGS):
+            rng = np.random.default_rng(sibling)
+            ref = twins(config, "float64", seed=3)[0]
+            batch = make_batches(config, 1, 4, size, "float64", seed=4)[0]
+            with torch.no_grad():
+                for tensor in [*ref.parameters(), batch.torch_images]:
+                    tensor.mul_(torch.from_numpy(1 + CONDITIONING_NUDGE * rng.choice([-1.0, 1.0], tensor.shape)))
+            grads = torch_grads(ref, batch)[1]
+            gap = max(gap, *(max_rel(exact[k].numpy(), grads[k].numpy()) for k in exact))
+    return gap
+
+
+def check_gradients(case: str, dtype: str, rounding: Rounding = DEFAULT, bug: Bug = NO_BUG) -> tuple[float, str]:
+    """Loss and the gradient of every parameter, both twins, within bounds. Returns (worst rel error, its key)."""
+    config, size = CASES[case]
+    if dtype == "float32":
+        gap = gradient_sibling_gap(case)
+        assert gap <= F32_GRAD_REL / CONDITIONING_MARGIN, (
+            f"{case}: float64 gradients move by {gap:.1e} under {CONDITIONING_NUDGE} nudges (a near-tie or an "
+            f"ill-conditioned problem); a float32 gradient check needs another seed or size, not a looser bound")
+    with precision(dtype), rounding.applied(), bug.applied():
+        ref, model = twins(config, dtype, seed=3, rounding=rounding)
+        bug.edit(model)
+        batch = make_batches(config, 1, 4, size, dtype, seed=4, rounding=rounding)[0]
         loss_ref, grads_ref = torch_grads(ref, batch)
         loss, grads = flax_grads(model, batch)
     assert set(grads) == set(grads_ref) and len(grads) == len(list(ref.parameters()))
@@ -109,97 +178,162 @@ def test_gradients_of_every_parameter(case: str, dtype: str) -> None:
     worst = max(errors, key=errors.get)
     assert errors[worst] <= bound, f"{worst}: gradient rel error {errors[worst]:.3e} > {bound}"
     assert abs(loss - loss_ref) <= (F64_ABS if dtype == "float64" else F32_REL * abs(loss_ref))
-    print(f"\n{case} {dtype}: loss |d|={abs(loss - loss_ref):.1e}, worst gradient rel {errors[worst]:.2e} ({worst})")
+    return errors[worst], worst
 
 
+@pytest.mark.parametrize("case, dtype, rounding", GRADIENT_CASES)
+def test_gradients_of_every_parameter(case: str, dtype: str, rounding: str) -> None:
+    worst, key = check_gradients(case, dtype, ROUNDINGS[rounding])
+    note = f"; float64 under nudges {gradient_sibling_gap(case):.1e}" if dtype == "float32" else ""
+    print(f"\n{case} {dtype} ({rounding}): worst gradient rel {worst:.2e} ({key}){note}")
+
+
+# SGD's weight decay is 0.05, not ImageNet's 1e-4: where it enters (before momentum, as torch adds it to the
+# gradient) must show in float32 within F32_TRAJECTORY_STEPS; at 1e-4 placing it after momentum moves the parameters
+# by ~1e-6 relative in 4 steps, which only the float64 check resolves.
 RECIPES = {
-    "sgd": Recipe(optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4, warmup_steps=3,
+    "sgd": Recipe(optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.05, warmup_steps=3,
                   total_steps=10, label_smoothing=0.1),
     "adamw": Recipe(optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_steps=3, total_steps=10,
                     label_smoothing=0.1),
 }
+# Trajectories run at 64 px: at 32 px layer4 is 1x1, its train-mode BatchNorm normalises 8 values per channel, and
+# the float64 run itself is chaotic (see tolerances.F32_TRAJECTORY_*): a 1e-6 relative nudge of the weights moved
+# the loss by 1e-1 within 9 steps.
+TRAJECTORY_SIZE = 64
+TRAJECTORY_BATCH = 8
+# Weights of seed 1: with seed 5 (used before), tiny AdamW's first step already depended on a ReLU near-tie (layer4
+# gradients of ~1e-10 behind a barely-live channel, which Adam scales up to O(lr) updates): 0 conditioned steps.
+TRAJECTORY_SEEDS = (1, 6)  # (weights, batches)
+TRAJECTORY_STEPS = 10
 
 
-SNAPSHOTS = (1, 10)  # compare after one step and after a 10-step trajectory
+@dataclasses.dataclass
+class Trajectory:
+    """Both trainers from identical weights on identical batches: loss curves and state_dicts after each step."""
+
+    losses_ref: np.ndarray
+    losses: np.ndarray
+    states_ref: list[dict[str, torch.Tensor]]
+    states: list[dict[str, torch.Tensor]]
 
 
 @functools.cache
-def trajectories(case: str, optimizer: str, dtype: str):
-    """run_trajectories for a named case and recipe, run once per session: the float64 run is both a test of its
-    own and the float32 test's referee."""
-    config, size = CASES[case]
-    return run_trajectories(config, size, RECIPES[optimizer], dtype)
+def trajectories(case: str, optimizer: str, dtype: str, rounding: str = "default") -> Trajectory:
+    """run_trajectories for a named case, recipe and rounding, run once per session: the float64 run is both a test
+    of its own and the float32 test's referee."""
+    config, _ = CASES[case]
+    return run_trajectories(config, RECIPES[optimizer], dtype, ROUNDINGS[rounding])
 
 
-def run_trajectories(config, size: int, recipe: Recipe, dtype: str):
-    """Both trainers for 10 steps from identical weights on identical batches. Returns the torch and Flax loss
-    curves and, per snapshot step, both models' state_dicts."""
-    with precision(dtype):
-        ref, model = twins(config, dtype, seed=5)
-        optimizer, scheduler = optim_torch.make_optimizer(ref.parameters(), recipe)
+def run_trajectories(config: ResNetConfig, recipe: Recipe, dtype: str, rounding: Rounding = DEFAULT,
+                     bug: Bug = NO_BUG) -> Trajectory:
+    """Both trainers for TRAJECTORY_STEPS steps from identical weights on identical batches."""
+    with precision(dtype), rounding.applied(), bug.applied():
+        ref, model = twins(config, dtype, TRAJECTORY_SEEDS[0], rounding=rounding)
+        bug.edit(model)
+        batches = make_batches(config, TRAJECTORY_STEPS, TRAJECTORY_BATCH, TRAJECTORY_SIZE, dtype, TRAJECTORY_SEEDS[1],
+                               rounding=rounding)
+        losses_ref, states_ref, lrs = torch_trajectory(ref, recipe, batches)
         tx = optim_flax.make_optimizer(recipe)
         mesh = step_flax.data_mesh()
         graphdef, state = step_flax.init_train_state(model, tx, mesh)
         step = step_flax.make_train_step(graphdef, tx, recipe.label_smoothing, mesh)
-        losses_ref, losses, lrs, snapshots = [], [], [], {}
-        for k, batch in enumerate(make_batches(config, max(SNAPSHOTS), 8, size, dtype, seed=6), start=1):
-            lrs.append(optimizer.param_groups[0]["lr"])
-            losses_ref.append(step_torch.train_step(ref, optimizer, scheduler, batch.torch_images,
-                                                    batch.torch_labels, recipe.label_smoothing)["loss"].item())
+        losses, states = [], []
+        for batch in batches:
             images, labels = step_flax.shard_batch((batch.flax_images, batch.flax_labels), mesh)
             state, metrics = step(state, images, labels)
             losses.append(float(metrics["loss"]))
-            if k in SNAPSHOTS:
-                snapshots[k] = ({n: t.clone() for n, t in ref.state_dict().items()}, state_as_torch(state, graphdef))
+            states.append(state_as_torch(state, graphdef))
         if dtype == "float64":  # in float32 runs optax's lr is itself rounded to float32
             schedule = optim_flax.make_schedule(recipe)
             np.testing.assert_allclose(lrs, [float(schedule(k)) for k in range(len(lrs))], rtol=1e-14, atol=0)
-        assert int(state.step) == max(SNAPSHOTS)
-        return np.array(losses_ref), np.array(losses), snapshots
+        assert int(state.step) == TRAJECTORY_STEPS
+        return Trajectory(losses_ref, np.array(losses), states_ref, states)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("optimizer", list(RECIPES))
-@pytest.mark.parametrize("case", ["tiny", "tiny_grapheme"])
-def test_optimizer_trajectories(case: str, optimizer: str, dtype: str) -> None:
+def state_error(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> tuple[float, str]:
+    """(worst max|d|/max|ref| over the floating tensors, its key)."""
+    errors = {k: max_rel(ref[k].numpy(), got[k].numpy()) for k in ref if not k.endswith("num_batches_tracked")}
+    worst = max(errors, key=errors.get)
+    return errors[worst], worst
+
+
+@functools.cache
+def sibling_gap(case: str, optimizer: str) -> tuple[float, float]:
+    """How far float64 runs from weights and images nudged by CONDITIONING_NUDGE leave the exact float64 run over
+    the first F32_TRAJECTORY_STEPS steps: (worst loss |d|, worst state rel) over CONDITIONING_SIBLINGS nudges. A
+    near-tie crossed shows as a gap of 1e-5 and more; smooth dependence on the nudge as ~1e-7 (tolerances.py)."""
     config, _ = CASES[case]
-    initial = torch_model(config, seed=5).state_dict()
-    losses_ref, losses, snapshots = trajectories(case, optimizer, dtype)
-    torch_f32 = None
-    if dtype == "float32":
-        # The referee for float32 is the float64 torch trajectory (which the float64 Flax twin matches to ~1e-14),
-        # not torch's own float32 run: float32 runs occasionally cross a near-tie (a ReLU input or max-pool pair
-        # within rounding of each other) and then the run that crossed it leaves the exact trajectory. Seen: tiny,
-        # SGD, 10 steps: torch float32 left the float64 curve by 5.8e-3 (loss) while Flax float32 stayed within
-        # 2.6e-6 of it; comparing the two float32 runs would blame the twin that was right.
-        torch_f32 = (losses_ref, snapshots)
-        losses_exact, _, snapshots_exact = trajectories(case, optimizer, "float64")
-        losses_ref = losses_exact
-        snapshots = {k: (snapshots_exact[k][0], snapshots[k][1]) for k in snapshots}
-    for steps, (sd_ref, sd) in snapshots.items():
-        loss_err = float(np.max(np.abs(losses_ref[:steps] - losses[:steps])))
-        floats = [k for k in sd_ref if not k.endswith("num_batches_tracked")]
-        errors = {k: max_rel(sd_ref[k].numpy(), sd[k].numpy()) for k in floats}
-        worst = max(errors, key=errors.get)
-        counters = [k for k in sd_ref if k.endswith("num_batches_tracked")]
-        assert all(int(sd[k]) == int(sd_ref[k]) == int(initial[k]) + steps for k in counters)
-        if dtype == "float64":
-            assert loss_err <= F64_TRAJECTORY, f"loss curve differs by {loss_err:.3e} over {steps} steps"
-            assert errors[worst] <= F64_TRAJECTORY, f"{worst}: rel {errors[worst]:.3e} after {steps} steps"
-        else:
-            assert loss_err <= F32_TRAJECTORY_LOSS_ABS, f"float32 loss curve drifts by {loss_err:.3e}"
-            assert errors[worst] <= F32_TRAJECTORY_REL, f"{worst}: float32 drift {errors[worst]:.3e} after {steps}"
-        # Not vacuous: training moved the parameters far more than the tolerance allows the twins to differ.
-        moved = max(max_rel(initial[k].double().numpy(), sd_ref[k].double().numpy()) for k in floats)
-        assert moved > 10 * (F64_TRAJECTORY if dtype == "float64" else F32_TRAJECTORY_REL), moved
-        note = ""
-        if torch_f32 is not None:  # for the record: how far torch's own float32 run is from the referee
-            torch_loss = float(np.max(np.abs(losses_ref[:steps] - torch_f32[0][:steps])))
-            torch_state = max(max_rel(sd_ref[k].numpy(), torch_f32[1][steps][0][k].numpy()) for k in floats)
-            note = f"; torch float32 vs float64: loss |d| {torch_loss:.1e}, state rel {torch_state:.1e}"
-        print(f"\n{case} {optimizer} {steps} step(s) {dtype}: loss |d| {loss_err:.1e}, worst state rel "
-              f"{errors[worst]:.1e} ({worst}); loss {losses_ref[0]:.3f} -> {losses_ref[steps - 1]:.3f}; "
-              f"moved {moved:.1e}{note}")
+    exact = trajectories(case, optimizer, "float64")
+    loss_gap, state_gap = 0.0, 0.0
+    with precision("float64"):
+        for sibling in range(CONDITIONING_SIBLINGS):
+            rng = np.random.default_rng(sibling)
+            ref = twins(config, "float64", TRAJECTORY_SEEDS[0])[0]
+            batches = make_batches(config, F32_TRAJECTORY_STEPS, TRAJECTORY_BATCH, TRAJECTORY_SIZE, "float64",
+                                   TRAJECTORY_SEEDS[1])
+            with torch.no_grad():
+                for tensor in [*ref.parameters(), *(b.torch_images for b in batches)]:
+                    tensor.mul_(torch.from_numpy(1 + CONDITIONING_NUDGE * rng.choice([-1.0, 1.0], tensor.shape)))
+            losses, states, _ = torch_trajectory(ref, RECIPES[optimizer], batches)
+            loss_gap = max(loss_gap, float(np.max(np.abs(losses - exact.losses_ref[:F32_TRAJECTORY_STEPS]))))
+            state_gap = max(state_gap, *(state_error(exact.states_ref[k], states[k])[0] for k in range(len(states))))
+    return loss_gap, state_gap
+
+
+def check_trajectory(case: str, optimizer: str, trajectory: Trajectory, dtype: str) -> str:
+    """The Flax run against the torch referee (float64: its own torch twin over every step; float32: the float64
+    torch run over the conditioned steps). Returns a one-line summary; raises AssertionError when out of bounds."""
+    initial = torch_model(CASES[case][0], TRAJECTORY_SEEDS[0]).state_dict()
+    if dtype == "float64":
+        steps, losses_ref, states_ref = TRAJECTORY_STEPS, trajectory.losses_ref, trajectory.states_ref
+        loss_bound, state_bound = F64_TRAJECTORY, F64_TRAJECTORY
+    else:
+        steps = F32_TRAJECTORY_STEPS
+        loss_gap, state_gap = sibling_gap(case, optimizer)
+        assert (loss_gap <= F32_TRAJECTORY_LOSS_ABS / CONDITIONING_MARGIN
+                and state_gap <= F32_TRAJECTORY_REL / CONDITIONING_MARGIN), (
+            f"{case} {optimizer}: a near-tie within the first {steps} steps of the float64 run (nudged runs leave it "
+            f"by loss {loss_gap:.1e}, state {state_gap:.1e}); a float32 trajectory check needs a better-conditioned "
+            f"problem (another seed or size), not a looser bound")
+        exact = trajectories(case, optimizer, "float64")
+        losses_ref, states_ref = exact.losses_ref, exact.states_ref
+        loss_bound, state_bound = F32_TRAJECTORY_LOSS_ABS, F32_TRAJECTORY_REL
+    loss_err = float(np.max(np.abs(losses_ref[:steps] - trajectory.losses[:steps])))
+    assert loss_err <= loss_bound, f"{dtype} loss curve differs by {loss_err:.3e} over {steps} steps"
+    worst, worst_key = 0.0, ""
+    for k in range(steps):
+        err, key = state_error(states_ref[k], trajectory.states[k])
+        assert err <= state_bound, f"{key}: {dtype} rel {err:.3e} after {k + 1} step(s)"
+        counters = [n for n in states_ref[k] if n.endswith("num_batches_tracked")]
+        assert all(int(trajectory.states[k][n]) == int(states_ref[k][n]) == int(initial[n]) + k + 1 for n in counters)
+        worst, worst_key = max((worst, worst_key), (err, key))
+    # Not vacuous: training moved the parameters far more than the tolerance allows the twins to differ.
+    floats = [k for k in initial if not k.endswith("num_batches_tracked")]
+    moved = max(max_rel(initial[k].double().numpy(), states_ref[steps - 1][k].double().numpy()) for k in floats)
+    assert moved > 10 * state_bound, moved
+    return (f"{steps} step(s): loss |d| {loss_err:.1e}, worst state rel {worst:.1e} ({worst_key}); loss "
+            f"{losses_ref[0]:.3f} -> {losses_ref[steps - 1]:.3f}; moved {moved:.1e}")
+
+
+TRAJECTORY_CASES = [pytest.param(case, optimizer, dtype, rounding)
+                    for case in ("tiny", "tiny_grapheme") for optimizer in RECIPES
+                    for _, dtype, rounding in (p.values for p in with_roundings([case], FLAX_SIDE))]
+
+
+@pytest.mark.parametrize("case, optimizer, dtype, rounding", TRAJECTORY_CASES)
+def test_optimizer_trajectories(case: str, optimizer: str, dtype: str, rounding: str) -> None:
+    trajectory = trajectories(case, optimizer, dtype, rounding)
+    summary = check_trajectory(case, optimizer, trajectory, dtype)
+    note = ""
+    if dtype == "float32":  # for the record: where the float32 runs go after the compared steps
+        exact = trajectories(case, optimizer, "float64")
+        flax_full = float(np.max(np.abs(exact.losses_ref - trajectory.losses)))
+        torch_full = float(np.max(np.abs(exact.losses_ref - trajectory.losses_ref)))
+        note = (f"; nudged float64 runs {sibling_gap(case, optimizer)[0]:.1e}; over all {TRAJECTORY_STEPS} steps "
+                f"loss |d| Flax {flax_full:.1e}, torch {torch_full:.1e}")
+    print(f"\n{case} {optimizer} {dtype} ({rounding}): {summary}{note}")
 
 
 def test_schedules_match_step_by_step() -> None:

@@ -11,10 +11,12 @@ import torch
 from flax import nnx, traverse_util
 
 from parity_tests.helpers import nchw_to_nhwc, torch_model
+from parity_tests.roundings import DEFAULT, Rounding
 from r34.config import ResNetConfig
 from r34_flax import flax_to_torch, from_torch
 from r34_flax.model import ResNet
-from train import step_flax, step_torch
+from train import optim_torch, step_flax, step_torch
+from train.recipe import Recipe
 
 TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -29,14 +31,16 @@ class Batch:
     flax_labels: dict[str, jax.Array]
 
 
-def make_batches(config: ResNetConfig, n: int, batch: int, size: int, dtype: str, seed: int) -> list[Batch]:
+def make_batches(config: ResNetConfig, n: int, batch: int, size: int, dtype: str, seed: int,
+                 rounding: Rounding = DEFAULT) -> list[Batch]:
+    """`n` batches of standard normal images and uniform labels; `rounding` may nudge the images by an ulp."""
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(n):
-        x = rng.standard_normal((batch, config.in_channels, size, size)).astype(dtype)
+    for k in range(n):
+        x = rounding.nudge(rng.standard_normal((batch, config.in_channels, size, size)).astype(dtype), 1000 + k)
         labels = {name: rng.integers(0, classes, batch) for name, classes in config.heads}
         out.append(Batch(
-            torch.from_numpy(x),
+            rounding.torch_images(torch.from_numpy(x)),
             {k: torch.from_numpy(v) for k, v in labels.items()},
             jnp.asarray(nchw_to_nhwc(x)),
             {k: jnp.asarray(v.astype(np.int32)) for k, v in labels.items()},
@@ -44,9 +48,11 @@ def make_batches(config: ResNetConfig, n: int, batch: int, size: int, dtype: str
     return out
 
 
-def twins(config: ResNetConfig, dtype: str, seed: int) -> tuple[torch.nn.Module, ResNet]:
-    """(torch twin, flax twin) with the same weights and randomised BN state; call under `precision(dtype)`."""
-    ref = torch_model(config, seed).to(TORCH_DTYPES[dtype])
+def twins(config: ResNetConfig, dtype: str, seed: int,
+          rounding: Rounding = DEFAULT) -> tuple[torch.nn.Module, ResNet]:
+    """(torch twin, flax twin) with the same weights and randomised BN state; call under `precision(dtype)`.
+    `rounding` may nudge the weights (both twins alike) and set the torch twin's memory format."""
+    ref = rounding.torch_model(torch_model(config, seed).to(TORCH_DTYPES[dtype]))
     return ref, from_torch(ref.state_dict(), config)
 
 
@@ -74,3 +80,16 @@ def state_as_torch(state: step_flax.TrainState, graphdef: nnx.GraphDef) -> dict[
     model = nnx.merge(graphdef, state.params, state.batch_stats)
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model)))
     return flax_to_torch(flat, model.config)
+
+
+def torch_trajectory(model: torch.nn.Module, recipe: Recipe,
+                     batches: list[Batch]) -> tuple[np.ndarray, list[dict[str, torch.Tensor]], list[float]]:
+    """The torch trainer's steps over `batches`: (loss per step, state_dict after each step, lr of each step)."""
+    optimizer, scheduler = optim_torch.make_optimizer(model.parameters(), recipe)
+    losses, states, lrs = [], [], []
+    for batch in batches:
+        lrs.append(optimizer.param_groups[0]["lr"])
+        losses.append(step_torch.train_step(model, optimizer, scheduler, batch.torch_images, batch.torch_labels,
+                                            recipe.label_smoothing)["loss"].item())
+        states.append({name: t.clone() for name, t in model.state_dict().items()})
+    return np.array(losses), states, lrs
