@@ -1,0 +1,90 @@
+"""Structural bugs a port typically has, injected into the Flax side, to show every float32 check can still fail.
+
+Each `Bug` is one mistake from shared/PARITY_FACTS.md's "where ports silently disagree", applied to the Flax twin
+or its optimizer while everything else stays correct. A float32 check that does not catch the bugs in its reach
+proves nothing, however green it is (`test_float32_checks_catch_injected_bugs`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import types
+from collections.abc import Callable, Iterator
+from unittest import mock
+
+import optax
+from flax import nnx
+
+import r34_flax.layers as layers
+from r34_flax.model import ResNet
+from train import optim_flax
+from train.recipe import Recipe
+
+
+@dataclasses.dataclass(frozen=True)
+class Bug:
+    name: str
+    flax_model: Callable[[ResNet], None] | None = None  # edits the converted Flax twin in place
+    optimizer: Callable[[Recipe], optax.GradientTransformation] | None = None  # replaces optim_flax.make_optimizer
+    biased_running_var: bool = False
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            if self.biased_running_var:
+                # BatchNorm's Bessel factor n / (n - 1) becomes 1 (n = 10**12): running_var takes the biased batch
+                # variance, as Flax's own BatchNorm does; the n >= 2 check is unaffected.
+                unbessel = types.SimpleNamespace(**{**vars(math), "prod": lambda shape: 10**12})
+                stack.enter_context(mock.patch.object(layers, "math", unbessel))
+            if self.optimizer is not None:
+                stack.enter_context(mock.patch.object(optim_flax, "make_optimizer", self.optimizer))
+            yield
+
+    def edit(self, model: ResNet) -> ResNet:
+        if self.flax_model is not None:
+            self.flax_model(model)
+        return model
+
+
+def _same_padding(model: ResNet) -> None:
+    """Flax's 'SAME' on every convolution: pads (2, 3) / (0, 1) where torch pads (3, 3) / (1, 1) at stride 2."""
+    for _, module in nnx.iter_graph(model):
+        if isinstance(module, nnx.Conv):
+            module.padding = "SAME"
+
+
+def _flax_momentum(model: ResNet) -> None:
+    """Flax's momentum convention (new = m * old + (1 - m) * batch) fed torch's 0.1."""
+    for _, module in nnx.iter_graph(model):
+        if isinstance(module, layers.BatchNorm):
+            module.momentum = 1 - module.momentum
+
+
+def _decay_after_momentum(recipe: Recipe) -> optax.GradientTransformation:
+    """Weight decay outside the momentum buffer (SGD) or inside Adam's moments (AdamW): torch does the opposite."""
+    schedule = optim_flax.make_schedule(recipe)
+    if recipe.optimizer == "adamw":
+        return optax.chain(optax.add_decayed_weights(recipe.weight_decay),
+                           optax.scale_by_adam(recipe.adam_b1, recipe.adam_b2, recipe.adam_eps),
+                           optax.scale_by_learning_rate(schedule))
+    return optax.chain(optax.trace(recipe.momentum, recipe.nesterov), optax.add_decayed_weights(recipe.weight_decay),
+                       optax.scale_by_learning_rate(schedule))
+
+
+_make_optimizer = optim_flax.make_optimizer
+
+
+def _nesterov_off(recipe: Recipe) -> optax.GradientTransformation:
+    return _make_optimizer(dataclasses.replace(recipe, nesterov=False))
+
+
+NO_BUG = Bug("none")
+BUGS: dict[str, Bug] = {b.name: b for b in (
+    Bug("same_padding", flax_model=_same_padding),
+    Bug("bn_momentum_convention", flax_model=_flax_momentum),
+    Bug("biased_running_var", biased_running_var=True),
+    Bug("weight_decay_placement", optimizer=_decay_after_momentum),
+    Bug("nesterov_off", optimizer=_nesterov_off),
+)}
