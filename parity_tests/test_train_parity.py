@@ -35,6 +35,7 @@ from parity_tests.tolerances import (
 from parity_tests.train_twins import (
     flax_grads,
     make_batches,
+    nudge_,
     state_as_torch,
     torch_grads,
     torch_trajectory,
@@ -147,12 +148,9 @@ def gradient_sibling_gap(case: str) -> float:
         exact = torch_grads(twins(config, "float64", seed=3)[0], make_batches(config, 1, 4, size, "float64", 4)[0])[1]
         gap = 0.0
         for sibling in range(CONDITIONING_SIBLINGS):
-            rng = np.random.default_rng(sibling)
             ref = twins(config, "float64", seed=3)[0]
             batch = make_batches(config, 1, 4, size, "float64", seed=4)[0]
-            with torch.no_grad():
-                for tensor in [*ref.parameters(), batch.torch_images]:
-                    tensor.mul_(torch.from_numpy(1 + CONDITIONING_NUDGE * rng.choice([-1.0, 1.0], tensor.shape)))
+            nudge_([*ref.parameters(), batch.torch_images], CONDITIONING_NUDGE, sibling)
             grads = torch_grads(ref, batch)[1]
             gap = max(gap, *(max_rel(exact[k].numpy(), grads[k].numpy()) for k in exact))
     return gap
@@ -269,13 +267,10 @@ def sibling_gap(case: str, optimizer: str) -> tuple[float, float]:
     loss_gap, state_gap = 0.0, 0.0
     with precision("float64"):
         for sibling in range(CONDITIONING_SIBLINGS):
-            rng = np.random.default_rng(sibling)
             ref = twins(config, "float64", TRAJECTORY_SEEDS[0])[0]
             batches = make_batches(config, F32_TRAJECTORY_STEPS, TRAJECTORY_BATCH, TRAJECTORY_SIZE, "float64",
                                    TRAJECTORY_SEEDS[1])
-            with torch.no_grad():
-                for tensor in [*ref.parameters(), *(b.torch_images for b in batches)]:
-                    tensor.mul_(torch.from_numpy(1 + CONDITIONING_NUDGE * rng.choice([-1.0, 1.0], tensor.shape)))
+            nudge_([*ref.parameters(), *(b.torch_images for b in batches)], CONDITIONING_NUDGE, sibling)
             losses, states, _ = torch_trajectory(ref, RECIPES[optimizer], batches)
             loss_gap = max(loss_gap, float(np.max(np.abs(losses - exact.losses_ref[:F32_TRAJECTORY_STEPS]))))
             state_gap = max(state_gap, *(state_error(exact.states_ref[k], states[k])[0] for k in range(len(states))))
@@ -284,7 +279,7 @@ def sibling_gap(case: str, optimizer: str) -> tuple[float, float]:
 
 def check_trajectory(case: str, optimizer: str, trajectory: Trajectory, dtype: str) -> str:
     """The Flax run against the torch referee (float64: its own torch twin over every step; float32: the float64
-    torch run over the conditioned steps). Returns a one-line summary; raises AssertionError when out of bounds."""
+    torch run over the first F32_TRAJECTORY_STEPS steps). Returns a one-line summary; raises AssertionError when out of bounds."""
     initial = torch_model(CASES[case][0], TRAJECTORY_SEEDS[0]).state_dict()
     if dtype == "float64":
         steps, losses_ref, states_ref = TRAJECTORY_STEPS, trajectory.losses_ref, trajectory.states_ref

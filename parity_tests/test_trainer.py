@@ -20,6 +20,7 @@ import torch
 
 from parity_tests import sharded_step
 from parity_tests.helpers import max_rel, torch_model
+from parity_tests.injections import BUGS
 from parity_tests.tolerances import F32_SHARDED_REL, F32_TRAINER_LOSS_ABS
 from r34 import get_preset
 from r34_flax import xla_cpu
@@ -359,3 +360,16 @@ def test_bfloat16_run_exports_weights_that_torch_scores_like_flax_float32(data_d
     final = json.loads(out.strip().splitlines()[-1])
     assert final["final_float32"] == final["torch_rescore"]
     assert exported(tmp_path)["conv1.weight"].dtype == torch.float32  # float32 parameters under bf16 compute
+
+
+def test_trainer_loss_curve_check_catches_nesterov_off(tmp_path: Path, data_dir: Path, init_file: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer loss-curve check can fail: a Flax trainer with Nesterov momentum off (parity_tests/injections.py)
+    leaves the torch trainer's curve within the compared steps."""
+    short = ("--steps", str(COMPARED_STEPS))
+    assert loop_torch.main(flags(data_dir, init_file, tmp_path / "torch", *short)) == 0
+    monkeypatch.setattr(loop_flax, "make_optimizer", BUGS["nesterov_off"].optimizer)
+    assert loop_flax.main(flags(data_dir, init_file, tmp_path / "flax", *short)) == 0
+    diff = np.abs(train_losses(tmp_path / "flax") - train_losses(tmp_path / "torch"))
+    print(f"\nnesterov_off: flax vs torch trainer loss per step: {np.array2string(diff, precision=1)}")
+    assert diff.max() > F32_TRAINER_LOSS_ABS, diff

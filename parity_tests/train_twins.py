@@ -93,3 +93,12 @@ def torch_trajectory(model: torch.nn.Module, recipe: Recipe,
                                             recipe.label_smoothing)["loss"].item())
         states.append({name: t.clone() for name, t in model.state_dict().items()})
     return np.array(losses), states, lrs
+
+
+def nudge_(tensors: list[torch.Tensor], relative: float, seed: int) -> None:
+    """Multiply every element of `tensors` by 1 +- `relative` (random signs, seeded), in place: a float64 run that
+    differs from the exact one by a rounding-sized change, to measure how sensitive a result is to rounding."""
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for tensor in tensors:
+            tensor.mul_(torch.from_numpy(1 + relative * rng.choice([-1.0, 1.0], tensor.shape)))
