@@ -373,3 +373,27 @@ def test_trainer_loss_curve_check_catches_nesterov_off(tmp_path: Path, data_dir:
     diff = np.abs(train_losses(tmp_path / "flax") - train_losses(tmp_path / "torch"))
     print(f"\nnesterov_off: flax vs torch trainer loss per step: {np.array2string(diff, precision=1)}")
     assert diff.max() > F32_TRAINER_LOSS_ABS, diff
+
+
+def test_help_states_each_default_once_and_only_where_it_says_something(capsys: pytest.CaptureFixture) -> None:
+    for main in (loop_flax.main, loop_torch.main):
+        with pytest.raises(SystemExit):
+            main(["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text
+        for flag in ("--lr LR", "--weight-decay WEIGHT_DECAY", "--image-size IMAGE_SIZE"):  # their help says it
+            entry = text.split(flag, 2)[2].split(" --", 1)[0]
+            assert entry.count("default") == 1, entry
+        assert "--epochs EPOCHS training epochs (default: 5)" in text
+
+
+def test_rerunning_a_finished_run_reports_its_final_metrics(reference: Path, data_dir: Path, init_file: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """The same command again on a finished workdir: no training, the final state scored again, not `"final": {}`."""
+    last_eval = [r for r in read_metrics(reference / "metrics.jsonl") if r["kind"] == "eval"][-1]
+    capsys.readouterr()
+    assert loop_flax.main(flags(data_dir, init_file, reference)) == 0
+    out = capsys.readouterr().out
+    assert f"run already complete at step {STEPS} of {STEPS}" in out
+    final = json.loads(out.strip().splitlines()[-1])["final"]
+    assert final and all(final[k] == pytest.approx(last_eval[k], abs=1e-9) for k in final), (final, last_eval)

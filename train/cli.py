@@ -12,9 +12,21 @@ DEFAULT_DATA_DIR = Path("~/tensorflow_datasets").expanduser()
 DEFAULT_COMPILE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "r34" / "jax"
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" where it tells something: not where the help already states the default, not for a
+    None default (the help says what happens then) and not for on/off switches (--resume/--restart share one
+    destination, whose default would be printed as the other flag's)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if ("default" in help_text or action.default in (None, argparse.SUPPRESS)
+                or action.nargs == 0 or not action.option_strings):
+            return help_text
+        return f"{help_text} (default: %(default)s)".strip()
+
+
 def build_parser(prog: str, description: str, flax: bool) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=DefaultsHelpFormatter)
     p.add_argument("--preset", choices=list(PRESETS), default="resnet34",
                    help="model body; a single-head preset gets the data set's classes and channels")
     p.add_argument("--dataset", default="sklearn_digits",
@@ -24,7 +36,7 @@ def build_parser(prog: str, description: str, flax: bool) -> argparse.ArgumentPa
     p.add_argument("--manual-dir", type=Path, help="manual download dir (bengali_graphemes, imagenet2012)")
     p.add_argument("--image-size", type=int, help="train/eval image size (default: the data set's)")
     p.add_argument("--batch-size", type=int, default=32, help="global batch size, split over all devices")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=5, help="training epochs")
     p.add_argument("--steps", type=int, help="total training steps (overrides --epochs)")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default="adamw",
                    help="sgd: Nesterov momentum + weight decay (the Flax ImageNet recipe); adamw: decoupled weight "
@@ -32,11 +44,11 @@ def build_parser(prog: str, description: str, flax: bool) -> argparse.ArgumentPa
     p.add_argument("--lr", type=float, help="peak learning rate (default: sgd 0.1, adamw 2e-3)")
     p.add_argument("--warmup-steps", type=int, help="linear warmup steps before cosine decay (default: 1 epoch "
                                                      "capped at a tenth of the run)")
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, help="default: sgd 1e-4, adamw 0.05")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy label smoothing")
     p.add_argument("--workdir", type=Path, help="checkpoints, metrics, plots, exports (default runs/DATASET-PRESET)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and augmentation seed")
     resume = p.add_mutually_exclusive_group()
     resume.add_argument("--resume", dest="resume", action="store_true", default=None,
                         help="continue from the workdir's checkpoint (default when one exists)")

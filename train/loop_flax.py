@@ -297,6 +297,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             if step >= run.total_steps:
                 break
     progress.close()
+    if not final_eval:  # the workdir held a finished run: score its final state again rather than report nothing
+        say(f"run already complete at step {step} of {run.total_steps}: evaluating its final checkpoint")
+        final_eval = evaluate(run, eval_step, state, mesh, shard)
     if manager.latest_step() != step:
         save(manager, run, state, graphdef)
     manager.wait_until_finished()

@@ -114,6 +114,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             if step >= plan.total_steps:
                 break
     progress.close()
+    if not final_eval:  # the workdir held a finished run: score its final state again rather than report nothing
+        print(f"run already complete at step {step} of {plan.total_steps}: evaluating its final checkpoint")
+        final_eval = evaluate(plan, model)
     save()
     export = plan.workdir / "export"
     export.mkdir(exist_ok=True)
