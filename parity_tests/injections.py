@@ -73,6 +73,7 @@ def _decay_after_momentum(recipe: Recipe) -> optax.GradientTransformation:
                        optax.scale_by_learning_rate(schedule))
 
 
+# The real one, kept here: while a Bug is applied, optim_flax.make_optimizer is the bug's.
 _make_optimizer = optim_flax.make_optimizer
 
 

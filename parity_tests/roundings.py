@@ -46,10 +46,6 @@ class Rounding:
     def changes_flax(self) -> bool:
         return self.xla_conv or self.ulp_seed is not None
 
-    @property
-    def changes_torch(self) -> bool:
-        return self.channels_last or self.ulp_seed is not None
-
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
         """Process-wide settings of this rounding (the Flax conv lowering), restored on exit."""
