@@ -190,7 +190,8 @@ def test_bengali_run_reports_the_competition_metric(tmp_path: Path, capsys: pyte
 @pytest.mark.parametrize("extra, message", [
     (["--dataset", "no_such_set"], "unknown data set 'no_such_set'"),
     (["--platform", "tpu"], "platform 'tpu' requested but JAX finds no such device; present: cpu"),
-    (["--tpu"], "platform 'tpu' requested"),
+    (["--tpu"], "A Cloud TPU VM needs libtpu: pip install -e '.[tpu]'"),
+    (["--platform", "gpu"], "A CUDA host needs JAX's CUDA plugin: pip install -e '.[cuda]'"),
     (["--preset", "grapheme34"], "preset 'grapheme34' has heads"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--batch-size", "5000"], "--batch-size 5000 exceeds the 1437 training examples"),

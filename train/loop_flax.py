@@ -45,6 +45,14 @@ class Run(Plan):
     dtype: Any = jnp.float32
 
 
+# What a plain `pip install -e .` lacks for each accelerator (extras of pyproject.toml, pinned to the project's jax).
+INSTALL_HINTS = {
+    "gpu": ". A CUDA host needs JAX's CUDA plugin: pip install -e '.[cuda]' (CUDA 12; '.[cuda13]' for CUDA 13), "
+           "with an NVIDIA driver installed; see README, Accelerators",
+    "tpu": ". A Cloud TPU VM needs libtpu: pip install -e '.[tpu]'; see README, Accelerators",
+}
+
+
 def select_devices(platform: str | None) -> list[jax.Device]:
     present = sorted({d.platform for d in jax.devices()})
     if platform is None:
@@ -54,7 +62,8 @@ def select_devices(platform: str | None) -> list[jax.Device]:
     except RuntimeError:
         devices = []
     if not devices:
-        raise RunError(f"platform {platform!r} requested but JAX finds no such device; present: {', '.join(present)}")
+        raise RunError(f"platform {platform!r} requested but JAX finds no such device; present: {', '.join(present)}"
+                       f"{INSTALL_HINTS.get(platform, '')}")
     return devices
 
 
