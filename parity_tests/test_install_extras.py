@@ -1,4 +1,4 @@
-"""The accelerator extras of pyproject.toml (cuda, cuda13, tpu) resolve against the package registry at their pins.
+"""The accelerator extras of pyproject.toml (cuda, tpu) resolve against the package registry at their pins.
 
 `pip install --dry-run` of exactly the requirements the extras name (read from pyproject.toml), without this
 project's own dependencies: it fails when a pin cannot be satisfied (a jax version without a matching CUDA plugin or
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
-ACCELERATOR_EXTRAS = ("cuda", "cuda13", "tpu")
+ACCELERATOR_EXTRAS = ("cuda", "tpu")
 
 
 def extras() -> dict[str, list[str]]:
@@ -37,7 +37,7 @@ def test_accelerator_extras_resolve(tmp_path: Path) -> None:
                            "--report", str(report), *requirements], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     resolved = {i["metadata"]["name"]: i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
-    assert resolved["jax"] == resolved["jaxlib"] == resolved["jax-cuda12-plugin"] == resolved["jax-cuda13-plugin"]
+    assert resolved["jax"] == resolved["jaxlib"] == resolved["jax-cuda12-plugin"] == resolved["jax-cuda12-pjrt"]
     assert resolved["libtpu"].startswith("0.0."), resolved["libtpu"]
-    print(f"\nresolved: jax {resolved['jax']}, CUDA plugins {resolved['jax-cuda12-plugin']}, libtpu "
+    print(f"\nresolved: jax {resolved['jax']}, CUDA plugin {resolved['jax-cuda12-plugin']}, libtpu "
           f"{resolved['libtpu']} ({len(resolved)} packages)")

@@ -47,8 +47,8 @@ class Run(Plan):
 
 # What a plain `pip install -e .` lacks for each accelerator (extras of pyproject.toml, pinned to the project's jax).
 INSTALL_HINTS = {
-    "gpu": ". A CUDA host needs JAX's CUDA plugin: pip install -e '.[cuda]' (CUDA 12; '.[cuda13]' for CUDA 13), "
-           "with an NVIDIA driver installed; see README, Accelerators",
+    "gpu": ". A CUDA host needs JAX's CUDA plugin: pip install -e '.[cuda]', with an NVIDIA driver installed; "
+           "see README, Accelerators",
     "tpu": ". A Cloud TPU VM needs libtpu: pip install -e '.[tpu]'; see README, Accelerators",
 }
 
