@@ -70,10 +70,11 @@ class Rounding:
 
     def torch_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """`model` with its floating parameters and buffers nudged and its memory format set, in place."""
-        with torch.no_grad():
-            for stream, tensor in enumerate(model.state_dict().values()):
-                if tensor.is_floating_point():
-                    tensor.copy_(torch.from_numpy(self.nudge(tensor.numpy(), stream)))
+        if self.ulp_seed is not None:
+            with torch.no_grad():
+                for stream, tensor in enumerate(model.state_dict().values()):
+                    if tensor.is_floating_point():
+                        tensor.copy_(torch.from_numpy(self.nudge(tensor.numpy(), stream)))
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         return model

@@ -11,22 +11,23 @@ from pathlib import Path
 VECTOR_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
 
 
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), else what the platform module reports."""
+def _cpuinfo(field: str) -> str | None:
+    """The first /proc/cpuinfo line's value for `field` (Linux), else None."""
     try:
         return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
+                    if line.startswith(field))
     except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what the platform module reports."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def vector_extensions() -> list[str]:
     """Which of VECTOR_EXTENSIONS the CPU has (empty where /proc/cpuinfo cannot be read)."""
-    try:
-        flags = next(line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
+    flags = (_cpuinfo("flags") or "").split()
     return [ext for ext in VECTOR_EXTENSIONS if ext in flags]
 
 
