@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 
 from r34.config import PRESETS
+from train.data.pipeline import DEFAULT_TFDS_DIR
+from train.data.transforms import AUGMENTS
 
-DEFAULT_DATA_DIR = Path("~/tensorflow_datasets").expanduser()
+DEFAULT_DATA_DIR = DEFAULT_TFDS_DIR
 DEFAULT_COMPILE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "r34" / "jax"
 
 
@@ -30,11 +32,28 @@ def build_parser(prog: str, description: str, flax: bool) -> argparse.ArgumentPa
     p.add_argument("--preset", choices=list(PRESETS), default="resnet34",
                    help="model body; a single-head preset gets the data set's classes and channels")
     p.add_argument("--dataset", default="sklearn_digits",
-                   help="sklearn_digits (embedded, offline), bengali_graphemes (manual dir), or any TFDS image "
-                        "classification data set (cifar10, imagenette, imagenet2012, ...)")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="TFDS data directory")
+                   help="imagefolder (a folder in torchvision's ImageFolder layout: --data-dir PATH holding "
+                        "train/<class>/* and val/<class>/* or test/<class>/*), sklearn_digits (embedded, offline), "
+                        "bengali_graphemes (manual dir), or any TFDS image classification data set (cifar10, "
+                        "imagenette, imagenet2012, ...)")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                   help="TFDS data directory; with --dataset imagefolder, the image folder")
+    p.add_argument("--prepared-dir", type=Path, default=DEFAULT_DATA_DIR,
+                   help="where --dataset imagefolder is prepared once (ArrayRecord of the original file bytes)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="imagefolder: leave out (and list) files that cannot be decoded instead of stopping")
     p.add_argument("--manual-dir", type=Path, help="manual download dir (bengali_graphemes, imagenet2012)")
-    p.add_argument("--image-size", type=int, help="train/eval image size (default: the data set's)")
+    p.add_argument("--augment", choices=list(AUGMENTS),
+                   help="preprocessing preset. imagenet: torchvision's (train RandomResizedCrop + flip, eval "
+                        "Resize + CenterCrop); cifar: resize to a square, pad-and-crop, flip. Default: imagenet for "
+                        "data sets of variable image size (image folders, imagenette, imagenet2012), cifar for "
+                        "fixed-size ones; flips only where they keep the label (not digits or script)")
+    p.add_argument("--image-size", "--crop-size", dest="image_size", type=int,
+                   help="the model's input size: the crop (imagenet, default 224) or the square (cifar, default "
+                        "the data set's)")
+    p.add_argument("--eval-resize", type=int,
+                   help="imagenet eval: the shorter side is resized to this before the centre crop (default 256 "
+                        "for a 224 crop, as torchvision's V1 weights; 232 for its V2 weights)")
     p.add_argument("--batch-size", type=int, default=32, help="global batch size, split over all devices")
     p.add_argument("--epochs", type=int, default=5, help="training epochs")
     p.add_argument("--steps", type=int, help="total training steps (overrides --epochs)")
@@ -59,6 +78,9 @@ def build_parser(prog: str, description: str, flax: bool) -> argparse.ArgumentPa
     p.add_argument("--log-every", type=int, default=10, help="steps between metric logs (host syncs)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
+    p.add_argument("--eval-only", action="store_true",
+                   help="score weights on the eval split without training: --init-from's, else the workdir's "
+                        "latest checkpoint; prints top-1/top-5 and writes them to WORKDIR/eval.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     if flax:
         p.add_argument("--compile-cache", type=Path, default=DEFAULT_COMPILE_CACHE,

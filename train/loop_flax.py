@@ -9,6 +9,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -23,6 +24,7 @@ from r34_flax.checkpoint import model_save_args
 from r34_flax.conversion import ConversionError, flax_model, flax_state, flax_to_torch
 from r34_flax.model import ResNet, resnet
 from r34_flax.weights_io import write_flax_weights, write_torch_weights
+from train import eval_only as eval_only_lib
 from train import metrics as metrics_lib
 from train.data import pipeline
 from train.model_setup import ConfigError, read_init_weights
@@ -201,6 +203,7 @@ def put_batch(batch: dict, mesh: jax.sharding.Mesh) -> tuple[jax.Array, dict]:
 
 
 def evaluate(run: Run, eval_step, state: TrainState, mesh, shard: pipeline.Sharding) -> dict[str, float]:
+    """Top-1/top-5 (and the grapheme metric) of `state` (anything with .params and .batch_stats) on the eval split."""
     acc = metrics_lib.EvalAccumulator()
     sharding = NamedSharding(mesh, PartitionSpec("data"))
     for batch in pipeline.eval_batches(run.sources["eval"], run.spec, run.args.batch_size, shard):
@@ -226,6 +229,29 @@ def export(run: Run, model: ResNet) -> tuple[Path, Path]:
     return pth, st
 
 
+def eval_only(run: Run, mesh: jax.sharding.Mesh, shard: pipeline.Sharding) -> dict[str, Any]:
+    """Score --init-from's weights (else the workdir's latest checkpoint) on the eval split; no training."""
+    weights = run.args.init_from or run.workdir / "checkpoints"
+    if run.args.init_from is None and not weights.is_dir():
+        raise ConfigError(f"--eval-only scores --init-from WEIGHTS or the workdir's checkpoints; {weights} does "
+                          "not exist")
+    fresh = resnet(run.config, seed=run.args.seed, dtype=run.dtype)
+    try:
+        flat, _ = read_init_weights(weights, run.config, flax_state(fresh), heads_required=True)
+    except ConversionError as e:
+        raise ConfigError(f"--eval-only {weights}: {e}") from None
+    model = flax_model(run.config, flat, dtype=run.dtype)
+    model.eval()
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state = SimpleNamespace(params=jax.device_put(params, replicated), batch_stats=jax.device_put(batch_stats,
+                                                                                                  replicated))
+    metrics = evaluate(run, make_eval_step(graphdef, mesh), state, mesh, shard)
+    if jax.process_index() != 0:
+        return {"metrics": metrics}
+    return eval_only_lib.report(run, metrics, weights, "flax", jnp.dtype(run.dtype).name)
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run the training described by `args`; returns the final metrics (and the torch re-score)."""
     run = setup(args)
@@ -233,6 +259,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     say = print if lead else (lambda *a, **k: None)
     mesh = data_mesh(run.devices)
     shard = pipeline.Sharding(jax.process_index(), jax.process_count())
+    if args.eval_only:
+        return {"eval_only": eval_only(run, mesh, shard)}
     run.workdir.mkdir(parents=True, exist_ok=True)
     damaged = run.workdir / "checkpoints_damaged"
     if args.resume is False and lead:
@@ -364,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunError, pipeline.DataError, ConversionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if "eval_only" in result:
+        return 0
     if jax.process_index() == 0:
         print(json.dumps({"final": result["eval"], "final_float32": result.get("eval_float32"),
                           "torch_rescore": result.get("torch_rescore")}))

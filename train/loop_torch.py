@@ -15,6 +15,7 @@ from tqdm import tqdm
 from r34_flax.conversion import ConversionError, flax_to_torch, torch_to_flax
 from r34_flax.weights_io import atomic_write, write_torch_weights
 from r34_torch import resnet as torch_resnet
+from train import eval_only as eval_only_lib
 from train import metrics as metrics_lib
 from train.data import pipeline
 from train.model_setup import ConfigError, read_init_weights
@@ -53,8 +54,28 @@ def evaluate(plan: Plan, model: torch.nn.Module) -> dict[str, float]:
     return acc.summarise(dict(plan.config.heads))
 
 
+def eval_only(plan: Plan) -> dict[str, Any]:
+    """Score --init-from's weights (else the workdir's checkpoint.pth) on the eval split; no training."""
+    torch.manual_seed(plan.args.seed)
+    model = torch_resnet(plan.config)
+    weights = plan.args.init_from
+    if weights is None:
+        weights = plan.workdir / "checkpoint.pth"
+        if not weights.is_file():
+            raise ConfigError(f"--eval-only scores --init-from WEIGHTS or the workdir's checkpoint; {weights} does "
+                              "not exist")
+        model.load_state_dict(torch.load(weights, weights_only=True)["model"], strict=True)
+    else:
+        _, init = torch_to_flax(model.state_dict(), plan.config)
+        flat, _ = read_init_weights(weights, plan.config, init, heads_required=True)
+        model.load_state_dict(flax_to_torch(flat, plan.config), strict=True)
+    return eval_only_lib.report(plan, evaluate(plan, model), weights, "torch", "float32")
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     plan = make_plan(args, "torch")
+    if args.eval_only:
+        return {"eval_only": eval_only(plan)}
     plan.workdir.mkdir(parents=True, exist_ok=True)
     ckpt = plan.workdir / "checkpoint.pth"
     if args.resume is False:
@@ -136,5 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, pipeline.DataError, ConversionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"final": result["eval"]}))
+    if "eval_only" not in result:
+        print(json.dumps({"final": result["eval"]}))
     return 0

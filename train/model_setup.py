@@ -33,11 +33,13 @@ def resolve_config(preset_name: str, preset: ResNetConfig, spec: DatasetSpec) ->
     return preset.replace(heads=spec.heads)
 
 
-def read_init_weights(path: Path, config: ResNetConfig, init: FlatState) -> tuple[FlatState, list[str]]:
+def read_init_weights(path: Path, config: ResNetConfig, init: FlatState, heads_required: bool = False
+                      ) -> tuple[FlatState, list[str]]:
     """`init` (a fresh model's flat state) with the body taken from the file at `path`.
 
-    Heads whose name or size differ are kept from `init` (re-initialised) and reported; a 3-channel stem feeding a
-    1-channel model is summed over its input channels; a body of another architecture is refused.
+    Heads whose name or size differ are kept from `init` (re-initialised) and reported, or refused with
+    `heads_required` (scoring weights needs their heads); a 3-channel stem feeding a 1-channel model is summed over
+    its input channels; a body of another architecture is refused.
     """
     path = Path(path)
     if path.is_dir() or (path.suffix == SAFETENSORS and is_flax_file(path)):
@@ -74,6 +76,10 @@ def read_init_weights(path: Path, config: ResNetConfig, init: FlatState) -> tupl
             notes.append(f"head {name}: loaded ({classes} classes)")
         else:
             had = dict(found.heads).get(name)
+            if heads_required:
+                raise ConfigError(f"{path} has {'no head ' + repr(name) if had is None else f'{had} classes'}"
+                                  f"{'' if had is None else f' in head {name!r}'} but the data set has {classes}: "
+                                  "scoring it would score a random head")
             notes.append(f"head {name}: re-initialised ({classes} classes; the file has "
                          f"{'no such head' if had is None else f'{had} classes'})")
     return out, notes

@@ -32,7 +32,8 @@ class Plan:
     def identity(self) -> dict:
         """What a checkpoint must agree on to be resumed by this run."""
         return {"config": self.config.to_dict(), "recipe": dataclasses.asdict(self.recipe), "dataset": self.spec.name,
-                "image_size": self.spec.image_size, "batch_size": self.args.batch_size, "seed": self.args.seed}
+                "image_size": self.spec.image_size,
+                "augment": self.spec.augment, "eval_resize": self.spec.eval_resize, "batch_size": self.args.batch_size, "seed": self.args.seed}
 
 
 def make_plan(args: argparse.Namespace, framework: str) -> Plan:
@@ -45,7 +46,12 @@ def make_plan(args: argparse.Namespace, framework: str) -> Plan:
         preset = get_preset(args.preset)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    spec, sources = pipeline.load(args.dataset, args.data_dir, args.image_size, args.manual_dir)
+    for flag in ("image_size", "eval_resize"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    spec, sources = pipeline.load(args.dataset, args.data_dir, args.image_size, args.manual_dir,
+                                  augment=args.augment, eval_resize=args.eval_resize,
+                                  prepared_dir=args.prepared_dir, skip_bad_images=args.skip_bad_images)
     config = resolve_config(args.preset, preset, spec)
     steps_per_epoch = pipeline.steps_per_epoch(spec.num_train, args.batch_size)
     if steps_per_epoch == 0:

@@ -15,11 +15,13 @@ from typing import Any
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from train.data import bengali_graphemes, sklearn_digits
+from train.data import bengali_graphemes, image_folder, sklearn_digits
+from train.data.imagenet_transforms import IMAGENET_MEAN, IMAGENET_STD
+from train.data.transforms import AUGMENTS, default_eval_resize, eval_transform, train_transform
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DEFAULT_TFDS_DIR = Path("~/tensorflow_datasets").expanduser()
+IMAGE_FOLDER = "imagefolder"
 Batch = dict[str, Any]  # {"image": float32 NHWC, "labels": {head: int32}, "mask": bool (eval only)}
 
 
@@ -43,6 +45,8 @@ class DatasetSpec:
     std: tuple[float, ...]
     num_train: int
     num_eval: int
+    augment: str = "cifar"  # preprocessing preset, transforms.AUGMENTS
+    eval_resize: int = 0  # imagenet: the shorter side before the centre crop
 
 
 BUILDERS = {"sklearn_digits": sklearn_digits.SklearnDigits, "bengali_graphemes": bengali_graphemes.BengaliGraphemes}
@@ -55,8 +59,8 @@ def _builder(name: str, data_dir: Path, manual_dir: Path | None) -> tfds.core.Da
         try:
             builder = tfds.builder(name, data_dir=str(data_dir), file_format="array_record")
         except tfds.core.registered.DatasetNotFoundError as e:
-            raise DataError(f"unknown data set {name!r}: not one of this project's ({', '.join(BUILDERS)}) "
-                            f"nor a TFDS data set ({e})") from None
+            raise DataError(f"unknown data set {name!r}: not {IMAGE_FOLDER!r}, not one of this project's "
+                            f"({', '.join(BUILDERS)}) nor a TFDS data set ({e})") from None
     if not builder.is_prepared():
         instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
         manual = Path(manual_dir) if manual_dir else Path(data_dir) / "downloads" / "manual"
@@ -69,14 +73,31 @@ def _builder(name: str, data_dir: Path, manual_dir: Path | None) -> tfds.core.Da
         except Exception as e:  # network, TensorFlow (needed to encode images of most TFDS sets), manual files
             raise DataError(f"cannot prepare data set {name!r} in {data_dir}: {type(e).__name__}: {e}. "
                             "Preparing most TFDS image data sets needs network access and `pip install "
-                            "tensorflow`; reading one already prepared in array_record format needs neither.") from e
+                            "tensorflow`; reading one already prepared in array_record format needs neither "
+                            "(README, Training: converting a TFRecord-prepared data set).") from e
     return builder
 
 
-def load(name: str, data_dir: Path, image_size: int | None = None, manual_dir: Path | None = None
-         ) -> tuple[DatasetSpec, dict[str, Any]]:
-    """(spec, {"train": source, "eval": source}) for `name`, preparing it into `data_dir` if needed."""
-    builder = _builder(name, Path(data_dir), manual_dir)
+def load(name: str, data_dir: Path, image_size: int | None = None, manual_dir: Path | None = None, *,
+         augment: str | None = None, eval_resize: int | None = None, prepared_dir: Path | None = None,
+         skip_bad_images: bool = False) -> tuple[DatasetSpec, dict[str, Any]]:
+    """(spec, {"train": source, "eval": source}) for `name`, preparing it if needed.
+
+    `name` is "imagefolder" (then `data_dir` is the folder, prepared into `prepared_dir`), one of this project's
+    builders or a TFDS name (then `data_dir` is the TFDS data directory). `augment` picks the preprocessing preset
+    (default: imagenet for data sets of variable image size, cifar for fixed-size ones); `image_size` is the crop
+    (default 224 for imagenet, the data set's size for cifar); `eval_resize` the imagenet eval resize (default
+    256 for a 224 crop)."""
+    if augment is not None and augment not in AUGMENTS:
+        raise DataError(f"unknown augmentation {augment!r}; one of {', '.join(AUGMENTS)}")
+    if name == IMAGE_FOLDER:
+        try:
+            builder = image_folder.prepare(Path(data_dir), Path(prepared_dir or DEFAULT_TFDS_DIR), skip_bad_images)
+        except image_folder.FolderError as e:
+            raise DataError(str(e)) from None
+        name = f"{IMAGE_FOLDER}/{builder.builder_config.name}"
+    else:
+        builder = _builder(name, Path(data_dir), manual_dir)
     features = builder.info.features
     labels = {k: f for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)}
     if not labels or "image" not in features:
@@ -89,57 +110,28 @@ def load(name: str, data_dir: Path, image_size: int | None = None, manual_dir: P
         if name == "bengali_graphemes":  # keep the competition's head order: root, vowel, consonant
             heads, label_keys = bengali_graphemes.HEADS, {k: k for k, _ in bengali_graphemes.HEADS}
     shape = features["image"].shape
-    channels = shape[-1] if shape and shape[-1] is not None else 3
-    known = set(builder.info.splits) or {"train", "test", "validation"}  # mocked builders list no splits
-    sources = {s: builder.as_data_source(split=s) for s in ("train", "test", "validation") if s in known}
-    eval_split = next((s for s in ("test", "validation") if s in sources), None)
+    fixed = len(shape) == 3 and shape[0] is not None and shape[1] is not None
+    channels = shape[-1] if len(shape) == 3 and shape[-1] is not None else 3
+    augment = augment or ("cifar" if fixed else "imagenet")
+    if augment == "cifar" and eval_resize is not None:
+        raise DataError(f"--eval-resize applies to --augment imagenet; {name} uses cifar (resize to a square)")
+    size = image_size or (shape[0] if augment == "cifar" and fixed else 224)
+    resize = (eval_resize or default_eval_resize(size)) if augment == "imagenet" else 0
+    # Encoded images stay encoded for the imagenet preset: decoded with PIL as torchvision decodes them.
+    decoders = ({"image": tfds.decode.SkipDecoding()}
+                if augment == "imagenet" and isinstance(features["image"], tfds.features.Image) else None)
+    known = set(builder.info.splits) or {"train", "test"}  # mocked builders list no splits
+    sources = {s: builder.as_data_source(split=s, decoders=decoders)
+               for s in ("train", "validation", "test") if s in known}
+    eval_split = next((s for s in ("validation", "test") if s in sources), None)
     if "train" not in sources or eval_split is None:
-        raise DataError(f"{name}: needs a 'train' split and a 'test' or 'validation' split, has {list(sources)}")
+        raise DataError(f"{name}: needs a 'train' split and a 'validation' or 'test' split, has {list(sources)}")
     natural = name not in BUILDERS and name not in ("mnist", "fashion_mnist", "emnist", "kmnist")
     mean = IMAGENET_MEAN if channels == 3 else (0.5,) * channels
     std = IMAGENET_STD if channels == 3 else (0.5,) * channels
-    size = image_size or (shape[0] if shape and shape[0] is not None else 224)
     spec = DatasetSpec(name, heads, label_keys, channels, size, "train", eval_split, natural, mean, std,
-                       len(sources["train"]), len(sources[eval_split]))
+                       len(sources["train"]), len(sources[eval_split]), augment, resize)
     return spec, {"train": sources["train"], "eval": sources[eval_split]}
-
-
-# -------------------------------------------------------------------------------------------- transforms
-
-
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    channels = image.shape[-1]
-    pil = Image.fromarray(image[..., 0] if channels == 1 else image)
-    out = np.asarray(pil.resize((size, size), Image.BILINEAR))
-    return out[..., None] if channels == 1 else out
-
-
-def _normalise(image: np.ndarray, spec: DatasetSpec) -> np.ndarray:
-    x = image.astype(np.float32) / 255.0
-    return (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-
-
-def _labels(example: Mapping[str, Any], spec: DatasetSpec) -> dict[str, np.ndarray]:
-    return {head: np.int32(example[key]) for head, key in spec.label_keys.items()}
-
-
-def train_transform(example: Mapping[str, Any], rng: np.random.Generator, spec: DatasetSpec) -> Batch:
-    """Resize, random crop (zero-pad by size/8, crop back), flip where label-preserving, normalise."""
-    image = _resize(np.asarray(example["image"]), spec.image_size)
-    pad = max(1, spec.image_size // 8)
-    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
-    top, left = rng.integers(0, 2 * pad + 1, size=2)
-    image = padded[top:top + spec.image_size, left:left + spec.image_size]
-    if spec.flip and rng.random() < 0.5:
-        image = image[:, ::-1]
-    return {"image": _normalise(image, spec), "labels": _labels(example, spec)}
-
-
-def eval_transform(example: Mapping[str, Any], spec: DatasetSpec) -> Batch:
-    return {"image": _normalise(_resize(np.asarray(example["image"]), spec.image_size), spec),
-            "labels": _labels(example, spec), "mask": np.bool_(True)}
 
 
 # -------------------------------------------------------------------------------------------- loaders
