@@ -54,6 +54,8 @@ def make_plan(args: argparse.Namespace, framework: str) -> Plan:
                                   prepared_dir=args.prepared_dir, skip_bad_images=args.skip_bad_images)
     config = resolve_config(args.preset, preset, spec)
     steps_per_epoch = pipeline.steps_per_epoch(spec.num_train, args.batch_size)
+    if args.eval_only:  # no training: the recipe is only described, never run
+        steps_per_epoch = max(1, steps_per_epoch)
     if steps_per_epoch == 0:
         raise ConfigError(f"--batch-size {args.batch_size} exceeds the {spec.num_train} training examples")
     total = args.steps if args.steps else args.epochs * steps_per_epoch

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
@@ -137,6 +137,8 @@ def check_file(path: Path) -> str | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # palette-with-transparency notes, EXIF oddities: not errors
             decode(data).load()
+    except UnidentifiedImageError:
+        return f"not an image file PIL recognises (it starts with {data[:12]!r})"
     except Exception as e:  # PIL raises UnidentifiedImageError, OSError (truncated), SyntaxError, ValueError, ...
         return f"{type(e).__name__}: {e}"
     return None
