@@ -10,12 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
-def photo(seed: int, width: int, height: int) -> Image.Image:
-    """A smooth random RGB picture (upsampled noise): compresses like a photograph, unlike white noise."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (height // 24 + 2, width // 24 + 2, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+from train.data.synthetic import photo
 
 
 def _encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:

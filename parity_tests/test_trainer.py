@@ -382,7 +382,7 @@ def test_help_states_each_default_once_and_only_where_it_says_something(capsys: 
             main(["--help"])
         text = " ".join(capsys.readouterr().out.split())
         assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text
-        for flag in ("--lr LR", "--weight-decay WEIGHT_DECAY", "--image-size IMAGE_SIZE"):  # their help says it
+        for flag in ("--lr LR", "--weight-decay WEIGHT_DECAY", "--eval-resize EVAL_RESIZE"):  # their help says it
             entry = text.split(flag, 2)[2].split(" --", 1)[0]
             assert entry.count("default") == 1, entry
         assert "--epochs EPOCHS training epochs (default: 5)" in text
