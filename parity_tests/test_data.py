@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from train.data import bengali_graphemes, pipeline
+from parity_tests import image_files
+from train.data import bengali_graphemes, image_folder, pipeline
 from train.metrics import summarise
 
 
@@ -117,3 +118,41 @@ def test_grapheme_metric() -> None:
     # 0.75; vowel 1.0; consonant: class 0 3/4 and class 1, predicted but never true, 0 -> 0.375.
     assert out["grapheme_score"] == pytest.approx((2 * 0.75 + 1.0 + 0.375) / 4)
     assert out["top1/grapheme_root"] == 0.75 and "top5/consonant_diacritic" in out
+
+
+class ImagenetteLike(tfds.core.GeneratorBasedBuilder):
+    """What imagenette and imagenet2012 are to the pipeline: an `Image` feature of variable size holding JPEGs
+    (prepared here from bytes, which needs no TensorFlow), a ClassLabel, train and validation splits."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3)), "label": tfds.features.ClassLabel(num_classes=3)}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(0), "validation": self._generate_examples(1)}
+
+    def _generate_examples(self, offset: int):
+        for k in range(6):
+            yield k, {"image": image_files.jpeg(10 * offset + k, (150 + 7 * k, 120)), "label": k % 3}
+
+
+def test_tfds_image_data_sets_get_the_imagenet_preset_decoded_as_torchvision_decodes(tmp_path: Path) -> None:
+    from torchvision.models import ResNet34_Weights
+
+    spec, sources = pipeline.load("imagenette_like", tmp_path)
+    assert (spec.augment, spec.image_size, spec.eval_resize, spec.eval_split) == ("imagenet", 224, 256, "validation")
+    example = sources["eval"][2]
+    assert isinstance(example["image"], bytes)  # read undecoded: PIL decodes it below, not TFDS (OpenCV or PIL)
+    files = [image_files.jpeg(10 + k, (150 + 7 * k, 120)) for k in range(6)]
+    assert example["image"] in files  # the JPEG as written, not re-encoded
+    expected = ResNet34_Weights.IMAGENET1K_V1.transforms()(image_folder.decode(example["image"]))
+    got = pipeline.eval_transform(example, spec)["image"]
+    np.testing.assert_array_equal(got, expected.permute(1, 2, 0).numpy())
+    batch = next(pipeline.train_batches(sources["train"], spec, 4, seed=0, epoch=0))
+    assert batch["image"].shape == (4, 224, 224, 3)
+    cifar, _ = pipeline.load("imagenette_like", tmp_path, image_size=32, augment="cifar")
+    assert (cifar.augment, cifar.image_size, cifar.eval_resize) == ("cifar", 32, 0)
+    with pytest.raises(pipeline.DataError, match="--eval-resize applies to --augment imagenet"):
+        pipeline.load("imagenette_like", tmp_path, augment="cifar", eval_resize=256)
