@@ -25,6 +25,7 @@ from parity_tests.tolerances import F32_SHARDED_REL, F32_TRAINER_LOSS_ABS
 from r34 import get_preset
 from r34_flax import xla_cpu
 from train import loop_flax, loop_torch
+from train import metrics as metrics_lib
 from train.metrics import read_metrics
 
 STEPS = 24
@@ -398,3 +399,38 @@ def test_rerunning_a_finished_run_reports_its_final_metrics(reference: Path, dat
     assert f"run already complete at step {STEPS} of {STEPS}" in out
     final = json.loads(out.strip().splitlines()[-1])["final"]
     assert final and all(final[k] == pytest.approx(last_eval[k], abs=1e-9) for k in final), (final, last_eval)
+
+
+def test_input_clock_tells_waiting_from_working() -> None:
+    def source(delay: float):
+        for k in range(5):
+            time.sleep(delay)
+            yield k
+
+    for delay, work, input_bound in ((0.03, 0.0, True), (0.0, 0.03, False)):
+        clock = metrics_lib.InputClock()
+        for _ in clock.batches(source(delay)):
+            time.sleep(work)  # the step
+        share = clock.fraction()
+        assert (share > 0.9) if input_bound else (share < 0.1), (delay, work, share)
+
+
+@pytest.mark.parametrize("main", [loop_flax.main, loop_torch.main], ids=["flax", "torch"])
+def test_input_wait_shows_an_input_bound_run(main, data_dir: Path, init_file: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """metrics.jsonl's input_wait (the share of wall time spent waiting for batches, also on the progress bar):
+    with each batch made 0.4 s late (a tiny-model step takes 10-70 ms), the run reads as input-bound."""
+    from train.data import pipeline
+
+    make_batches = pipeline.train_batches
+
+    def late(*args, **kwargs):
+        for batch in make_batches(*args, **kwargs):
+            time.sleep(0.4)
+            yield batch
+
+    monkeypatch.setattr(pipeline, "train_batches", late)
+    argv = flags(data_dir, init_file, tmp_path, "--steps", "6", "--log-every", "3", "--checkpoint-every", "100")
+    assert main(argv) == 0
+    waits = [r["input_wait"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert len(waits) == 2 and waits[-1] > 0.75, waits  # the first interval holds compilation

@@ -297,12 +297,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     dynamic_ncols=True)
     final_eval: dict[str, float] = {}
     t_log, n_log = time.perf_counter(), 0
+    clock = metrics_lib.InputClock()
     step = checked = start
     while step < run.total_steps:
         epoch, offset = divmod(step, run.steps_per_epoch)
         batches = pipeline.train_batches(run.sources["train"], run.spec, args.batch_size, args.seed, epoch, offset,
                                          shard)
-        for batch in batches:
+        for batch in clock.batches(batches):
             images, labels = put_batch(batch, mesh)
             state, step_metrics = step_fn(state, images, labels)
             step += 1
@@ -312,11 +313,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 check_finite(values, checked, step, manager, run)
                 checked = step
                 values["images_per_s"] = n_log * args.batch_size / (time.perf_counter() - t_log)
+                values["input_wait"] = clock.fraction()
                 values["lr"] = float(schedule(step - 1))
                 logger.log(step, "train", values)
                 progress.set_postfix(loss=f"{values['loss']:.3f}",
                                      acc=f"{np.mean([v for k, v in values.items() if k.startswith('accuracy')]):.3f}",
-                                     img_s=f"{values['images_per_s']:.0f}")
+                                     img_s=f"{values['images_per_s']:.0f}", wait=f"{values['input_wait']:.0%}")
                 t_log, n_log = time.perf_counter(), 0
             progress.update(1)
             if step % args.checkpoint_every == 0:

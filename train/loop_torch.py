@@ -109,10 +109,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     progress = tqdm(total=plan.total_steps, initial=step, disable=args.no_progress, unit="step", dynamic_ncols=True)
     final_eval: dict[str, float] = {}
     t_log, n_log = time.perf_counter(), 0
+    clock = metrics_lib.InputClock()
     while step < plan.total_steps:
         epoch, offset = divmod(step, plan.steps_per_epoch)
-        for batch in pipeline.train_batches(plan.sources["train"], plan.spec, args.batch_size, args.seed, epoch,
-                                            offset):
+        for batch in clock.batches(pipeline.train_batches(plan.sources["train"], plan.spec, args.batch_size,
+                                                          args.seed, epoch, offset)):
             images, labels = to_torch_batch(batch)
             lr = optimizer.param_groups[0]["lr"]
             step_metrics = train_step(model, optimizer, scheduler, images, labels, plan.recipe.label_smoothing)
@@ -121,9 +122,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             if step % args.log_every == 0 or step == plan.total_steps:
                 values = {k: float(v) for k, v in step_metrics.items()}
                 values["images_per_s"] = n_log * args.batch_size / (time.perf_counter() - t_log)
+                values["input_wait"] = clock.fraction()
                 values["lr"] = lr
                 logger.log(step, "train", values)
-                progress.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{values['images_per_s']:.0f}")
+                progress.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{values['images_per_s']:.0f}",
+                                     wait=f"{values['input_wait']:.0%}")
                 t_log, n_log = time.perf_counter(), 0
             progress.update(1)
             if step % args.checkpoint_every == 0:

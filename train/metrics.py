@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import recall_score
@@ -115,3 +117,32 @@ def plot_curves(metrics_path: Path, png: Path, title: str) -> None:
     fig.tight_layout()
     atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=110), force=True)
     plt.close(fig)
+
+
+class InputClock:
+    """How much of the loop's wall time goes to waiting for the next batch: near 1 means the run is input-bound
+    (the devices idle while images are decoded), near 0 that the input pipeline keeps up."""
+
+    def __init__(self) -> None:
+        self.waited = 0.0
+        self.since = time.perf_counter()
+
+    def batches(self, batches: Iterable[Any]) -> Iterator[Any]:
+        """`batches`, timing each wait for one."""
+        iterator = iter(batches)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                self.waited += time.perf_counter() - start
+            yield batch
+
+    def fraction(self) -> float:
+        """The waiting share of the wall time since the last call."""
+        now = time.perf_counter()
+        share = self.waited / max(now - self.since, 1e-9)
+        self.waited, self.since = 0.0, now
+        return share
