@@ -4,6 +4,8 @@ timed unit tests on a noisy 2-core machine prove nothing; the benchmark prints t
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -54,3 +56,25 @@ def test_bad_cases_are_refused(argv: list[str], message: str, capsys: pytest.Cap
 def test_unknown_preset_is_refused(capsys: pytest.CaptureFixture) -> None:
     assert bench.main(["--preset", "resnet50"]) == 2
     assert "unknown preset 'resnet50'" in capsys.readouterr().err
+
+
+def test_pipeline_benchmark_runs_both_pipelines_and_writes_json(tmp_path: Path) -> None:
+    """A subprocess: torchvision's DataLoader forks its workers, which a process running JAX must not do."""
+    out = tmp_path / "pipeline.json"
+    argv = ["--pipeline", "--files", "40", "--batch-size", "4", "--batches", "1", "--workers", "1", "--crop-size",
+            "32", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]
+    done = subprocess.run([sys.executable, "-m", "train.bench", *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| train | 1 |" in done.stdout and "| eval | 1 |" in done.stdout
+    report = json.loads(out.read_text())
+    assert [(r["split"], r["workers"]) for r in report["rows"]] == [("train", 1), ("eval", 1)]
+    assert all(r["ours"] > 0 and r["torchvision"] > 0 for r in report["rows"]) and report["environment"]["cpu"]
+    assert (tmp_path / "cache" / "jpegs_40" / "val").is_dir()
+
+
+@pytest.mark.parametrize("argv, message", [(["--files", "10"], "--files 10 must be >= 20"),
+                                           (["--workers", "0"], "--workers must be >= 1"),
+                                           (["--batches", "0"], "--batches must be >= 1")])
+def test_pipeline_benchmark_refuses_bad_flags(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    assert bench.main(["--pipeline", *argv]) == 2
+    assert message in capsys.readouterr().err

@@ -310,6 +310,11 @@ def run(config: ResNetConfig, args: argparse.Namespace) -> tuple[list[Row], floa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--pipeline" in argv:  # the input pipelines' benchmark (train/bench_pipeline.py)
+        from train import bench_pipeline
+
+        return bench_pipeline.main([a for a in argv if a != "--pipeline"])
     args = build_parser().parse_args(argv)
     flags_applied = apply_cpu_flags()  # as the trainer does; before the first computation starts JAX's backend
     try:

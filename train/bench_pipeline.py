@@ -1,0 +1,162 @@
+"""`python -m train.bench --pipeline`: this project's input pipelines against torchvision's, in one process and run.
+
+Both read the same generated ImageNet-like JPEG folder (train.data.synthetic, 300-640 px, quality 90; written once
+into --cache-dir, prepared once for this project's pipeline) with the `imagenet` preset at --crop-size: train =
+RandomResizedCrop + flip, eval = Resize + CenterCrop, normalised, batched. torchvision: `ImageFolder` + `DataLoader`
+(worker processes, the transforms of its reference recipe). This project: `train.data.pipeline.train_batches` /
+`eval_batches` with the same worker count as grain threads. Each row times --batches batches after one warm-up
+batch; the worker counts run from 1 up to the core count (a scaling row each). `--device` also moves this
+project's batches to the default JAX device (`jax.device_put`, waited for), as the trainer does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from r34.machine import cpu_description
+from r34_flax.weights_io import atomic_write
+from train.data import pipeline, synthetic
+from train.data.imagenet_transforms import IMAGENET_MEAN, IMAGENET_STD
+
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "r34" / "bench_jpegs"
+
+
+@dataclasses.dataclass
+class Row:
+    split: str  # train | eval
+    workers: int
+    ours: float  # img/s
+    torchvision: float  # img/s
+
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.torchvision
+
+
+def images_per_s(batches: Iterator, count: int, batch_size: int, finish: Callable = lambda b: b) -> float:
+    finish(next(batches))  # warm-up: thread pools and worker processes start, first reads
+    start = time.perf_counter()
+    for _ in range(count):
+        finish(next(batches))
+    return count * batch_size / (time.perf_counter() - start)
+
+
+def torchvision_batches(root: Path, split: str, crop: int, resize: int, batch_size: int, workers: int) -> Iterator:
+    import torch
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    normalize = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if split == "train":
+        transform = T.Compose([T.RandomResizedCrop(crop), T.RandomHorizontalFlip(), *normalize])
+    else:
+        transform = T.Compose([T.Resize(resize), T.CenterCrop(crop), *normalize])
+    folder = datasets.ImageFolder(str(root / ("train" if split == "train" else "val")), transform=transform)
+    loader = torch.utils.data.DataLoader(folder, batch_size=batch_size, shuffle=split == "train",
+                                         num_workers=workers, drop_last=True, persistent_workers=False)
+
+    def endless() -> Iterator:
+        while True:
+            yield from loader
+
+    return endless()
+
+
+def our_batches(data: tuple, split: str, batch_size: int, workers: int) -> Iterator:
+    spec, sources = data
+
+    def endless() -> Iterator:
+        epoch = 0
+        while True:
+            if split == "train":
+                yield from pipeline.train_batches(sources["train"], spec, batch_size, seed=0, epoch=epoch,
+                                                  prefetch_threads=workers)
+            else:
+                yield from pipeline.eval_batches(sources["eval"], spec, batch_size, prefetch_threads=workers)
+            epoch += 1
+
+    return endless()
+
+
+def device_finish() -> Callable:
+    import jax
+
+    return lambda batch: jax.block_until_ready(jax.device_put(batch["image"]))
+
+
+def run(args: argparse.Namespace) -> list[Row]:
+    root = synthetic.make_folder(args.cache_dir / f"jpegs_{args.files}", args.files, classes=10)
+    data = pipeline.load("imagefolder", root, args.crop_size, prepared_dir=args.cache_dir / "prepared",
+                         augment="imagenet")
+    spec = data[0]
+    finish = device_finish() if args.device else (lambda b: b)
+    rows = []
+    for workers in args.workers:
+        for split in ("train", "eval"):
+            theirs = images_per_s(torchvision_batches(root, split, spec.image_size, spec.eval_resize,
+                                                      args.batch_size, workers), args.batches, args.batch_size)
+            ours = images_per_s(our_batches(data, split, args.batch_size, workers), args.batches, args.batch_size,
+                                finish)
+            rows.append(Row(split, workers, ours, theirs))
+            print(f"  {split:<5} workers {workers}: ours {ours:7.1f} img/s, torchvision {theirs:7.1f} img/s",
+                  flush=True)
+    return rows
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    lines = ["| split | workers | ours img/s | per worker | torchvision img/s | per worker | ours / torchvision |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r.split} | {r.workers} | {r.ours:.1f} | {r.ours / r.workers:.1f} | {r.torchvision:.1f} | "
+                     f"{r.torchvision / r.workers:.1f} | {r.ratio:.2f} |")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.bench --pipeline", description=__doc__.split("\n\n")[0])
+    p.add_argument("--files", type=int, default=2000, help="generated JPEGs (90%% train, 10%% val)")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the JPEGs are generated once")
+    p.add_argument("--crop-size", type=int, default=224, help="the imagenet preset's crop")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    p.add_argument("--batches", type=int, default=20, help="timed batches per row")
+    p.add_argument("--workers", type=int, nargs="+", help="worker counts (default: 1 .. the core count)")
+    p.add_argument("--device", action="store_true", help="also put this project's batches on the JAX device")
+    p.add_argument("--json", type=Path, default=Path("runs/bench_pipeline.json"), help="where the table goes")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.workers = args.workers or list(range(1, (os.cpu_count() or 1) + 1))
+    small = {k: v for k, v in (("--files", args.files), ("--batch-size", args.batch_size),
+                               ("--batches", args.batches), ("--crop-size", args.crop_size)) if v < 1}
+    if small or min(args.workers) < 1:
+        print(f"error: {', '.join(small) or '--workers'} must be >= 1", file=sys.stderr)
+        return 2
+    if args.files < 20 or args.batch_size > args.files // 10:
+        print(f"error: --files {args.files} must be >= 20 and give at least one --batch-size {args.batch_size} of "
+              "val images (a tenth of the files)", file=sys.stderr)
+        return 2
+    print(f"input pipelines on {cpu_description()}, {os.cpu_count()} cores: {args.files} JPEGs, crop "
+          f"{args.crop_size}, batch {args.batch_size}, {args.batches} timed batches per row")
+    rows = run(args)
+    print(format_table(rows))
+    import torch
+    import torchvision
+
+    report = {"environment": {"cpu": cpu_description(), "cores": os.cpu_count(), "torch": torch.__version__,
+                              "torchvision": torchvision.__version__, "files": args.files,
+                              "crop_size": args.crop_size, "batch_size": args.batch_size, "batches": args.batches,
+                              "device": args.device, "python": sys.version.split()[0]},
+              "rows": [{**dataclasses.asdict(r), "ratio": r.ratio} for r in rows]}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=1)), force=True)
+    print(f"wrote {args.json}")
+    return 0
