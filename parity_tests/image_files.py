@@ -38,7 +38,8 @@ BAD: dict[str, tuple[str, Callable[[int, tuple[int, int]], bytes], str]] = {
     # kind -> (file name, bytes, what the error must say)
     "truncated_jpeg": ("cut.JPEG", lambda seed, size: jpeg(seed, size)[: len(jpeg(seed, size)) // 2], "truncated"),
     "zero_bytes": ("empty.jpg", lambda seed, size: b"", "empty file"),
-    "not_an_image": ("page.jpg", lambda seed, size: b"<html>404 Not Found</html>\n", "not an image file PIL recognises"),
+    "not_an_image": ("page.jpg", lambda seed, size: b"<html>404 Not Found</html>\n",
+                     "not an image file PIL recognises"),
     "png_16_bit": ("deep.png", lambda seed, size: _encoded(Image.fromarray(
         (np.asarray(photo(seed, *size).convert("L"), np.uint16) * 257)), "PNG"), "mode I;16"),
     "text_file": ("notes.txt", lambda seed, size: b"labels were checked by hand\n", "not an image file name"),

@@ -22,6 +22,7 @@ from r34 import get_preset
 from r34_flax import flax_state, resnet
 from r34_flax.xla_cpu import apply_cpu_flags
 from train.data import pipeline
+from train.data.transforms import normalization_table
 from train.optim_flax import make_optimizer
 from train.recipe import Recipe
 from train.step_flax import data_mesh, init_train_state, make_train_step, shard_batch
@@ -36,7 +37,7 @@ def run(devices: list, spec, source, rounding: Rounding) -> dict:
     tx = make_optimizer(Recipe(lr=0.05, warmup_steps=1, total_steps=10))
     mesh = data_mesh(devices)
     graphdef, state = init_train_state(rounding.flax_model(resnet(config, seed=0)), tx, mesh)
-    step = make_train_step(graphdef, tx, 0.0, mesh)
+    step = make_train_step(graphdef, tx, 0.0, mesh, input_table=normalization_table(spec))
     for batch in list(pipeline.train_batches(source, spec, 32, seed=0, epoch=0))[:STEPS]:
         state, _ = step(state, *shard_batch((batch["image"], batch["labels"]), mesh))
     from flax import nnx

@@ -128,3 +128,23 @@ def test_numpy_draws_give_valid_boxes_and_float32_uniforms() -> None:
     values = [draws.uniform(0.0, 1.0) for _ in range(4000)]
     assert all(0.0 <= v < 1.0 and v == float(np.float32(v)) for v in values)
     assert 0.45 < np.mean(np.array(values) < 0.5) < 0.55
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_device_normalisation_is_torchvisions_arithmetic_for_every_value(channels: int) -> None:
+    """Batches ship as uint8; the steps normalise on the device through a table. Every value 0..255 of every
+    channel, on the device and on the host, equals torchvision's ToTensor + Normalize in float32 bit for bit
+    (XLA computing (x / 255 - mean) / std itself would multiply by reciprocals: off by up to an ulp)."""
+    import jax.numpy as jnp
+
+    from train.data import pipeline, transforms
+    from train.step_flax import normalize_images
+
+    mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if channels == 3 else ((0.5,), (0.5,))
+    spec = pipeline.DatasetSpec("x", (("fc", 2),), {"fc": "label"}, channels, 16, "train", "test", False, mean, std,
+                                1, 1)
+    values = np.repeat(np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1), channels, axis=3)
+    table = transforms.normalization_table(spec)
+    expected = T.Normalize(mean, std)(T.ToTensor()(values[0])).permute(1, 2, 0).numpy()[None]
+    np.testing.assert_array_equal(np.asarray(normalize_images(jnp.asarray(values), table)), expected)
+    np.testing.assert_array_equal(transforms.normalize(values, table), expected)

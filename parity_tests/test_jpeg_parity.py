@@ -24,6 +24,8 @@ from r34_flax import from_torch
 from r34_flax.weights_io import write_torch_weights
 from train import loop_flax, loop_torch
 from train.data import pipeline
+from train.data.transforms import normalization_table
+from train.step_flax import normalize_images
 
 # Argmax equality is a fair check only where the top two logits are further apart than float32 can blur them:
 # each image's gap must exceed this many times the float32 bound (else the test's weights are a bad choice).
@@ -46,7 +48,8 @@ def project_inputs(root: Path, prepared: Path) -> tuple[np.ndarray, list[str]]:
     spec, sources = pipeline.load("imagefolder", root, prepared_dir=prepared)
     names = [sources["eval"][i]["file_name"].decode() for i in range(spec.num_eval)]
     batch = next(pipeline.eval_batches(sources["eval"], spec, spec.num_eval))
-    return batch["image"], names
+    # uint8 as shipped, normalised on the device as the trainer's steps do
+    return np.asarray(normalize_images(jnp.asarray(batch["image"]), normalization_table(spec))), names
 
 
 def test_same_files_same_logits(folder: tuple[Path, Path]) -> None:

@@ -3,8 +3,9 @@
 Both read the same generated ImageNet-like JPEG folder (train.data.synthetic, 300-640 px, quality 90; written once
 into --cache-dir, prepared once for this project's pipeline) with the `imagenet` preset at --crop-size: train =
 RandomResizedCrop + flip, eval = Resize + CenterCrop, normalised, batched. torchvision: `ImageFolder` + `DataLoader`
-(worker processes, the transforms of its reference recipe). This project: `train.data.pipeline.train_batches` /
-`eval_batches` with the same worker count as grain threads. Each row times --batches batches after one warm-up
+(worker processes, the transforms of its reference recipe, float32 normalised tensors out). This project:
+`train.data.pipeline.train_batches` / `eval_batches` with the same worker count as grain threads, uint8 batches out
+(the trainer's steps normalise on the device, exactly; `--device` includes that transfer). Each row times --batches batches after one warm-up
 batch; the worker counts run from 1 up to the core count (a scaling row each). `--device` also moves this
 project's batches to the default JAX device (`jax.device_put`, waited for), as the trainer does.
 """

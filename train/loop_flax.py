@@ -27,10 +27,11 @@ from r34_flax.weights_io import write_flax_weights, write_torch_weights
 from train import eval_only as eval_only_lib
 from train import metrics as metrics_lib
 from train.data import pipeline
+from train.data.transforms import normalization_table
 from train.model_setup import ConfigError, read_init_weights
 from train.plan import Plan, make_plan
 from train.optim_flax import make_optimizer, make_schedule
-from train.step_flax import TrainState, data_mesh, init_train_state, make_train_step
+from train.step_flax import TrainState, data_mesh, init_train_state, make_train_step, normalize_images
 
 TRAIN_STATE, META = "train_state", "meta"
 
@@ -176,13 +177,15 @@ def check_finite(values: dict[str, float], checked: int, step: int, manager: ocp
                    "lower --lr, or pass --skip-nonfinite to skip such steps")
 
 
-def make_eval_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh):
+def make_eval_step(graphdef: nnx.GraphDef, mesh: jax.sharding.Mesh, spec: pipeline.DatasetSpec):
+    """The jitted eval step on the pipeline's uint8 batches: top-1 prediction, top-5 hit and label per head."""
+    input_table = normalization_table(spec)
     replicated = NamedSharding(mesh, PartitionSpec())
     batch = NamedSharding(mesh, PartitionSpec("data"))
 
     def step(params: nnx.State, batch_stats: nnx.State, images: jax.Array, labels: dict, mask: jax.Array) -> dict:
         model = nnx.merge(graphdef, params, batch_stats, copy=True)
-        out = model(images)
+        out = model(normalize_images(images, input_table))
         heads = out if isinstance(out, dict) else {model.config.head_names[0]: out}
         result = {"mask": mask}
         for name, logits in heads.items():
@@ -246,7 +249,7 @@ def eval_only(run: Run, mesh: jax.sharding.Mesh, shard: pipeline.Sharding) -> di
     replicated = NamedSharding(mesh, PartitionSpec())
     state = SimpleNamespace(params=jax.device_put(params, replicated), batch_stats=jax.device_put(batch_stats,
                                                                                                   replicated))
-    metrics = evaluate(run, make_eval_step(graphdef, mesh), state, mesh, shard)
+    metrics = evaluate(run, make_eval_step(graphdef, mesh, run.spec), state, mesh, shard)
     if jax.process_index() != 0:
         return {"metrics": metrics}
     return eval_only_lib.report(run, metrics, weights, "flax", jnp.dtype(run.dtype).name)
@@ -285,9 +288,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     elif damaged.exists() and any(damaged.iterdir()):
         raise RunError(f"no readable checkpoint in {run.workdir / 'checkpoints'}, only damaged ones in {damaged}; "
                        "refusing to start over silently: pass --restart to start over on purpose")
-    step_fn = make_train_step(graphdef, tx, run.recipe.label_smoothing, mesh, args.skip_nonfinite)
+    step_fn = make_train_step(graphdef, tx, run.recipe.label_smoothing, mesh, args.skip_nonfinite,
+                              normalization_table(run.spec))
     schedule = make_schedule(run.recipe)
-    eval_step = make_eval_step(eval_graphdef, mesh)
+    eval_step = make_eval_step(eval_graphdef, mesh, run.spec)
 
     say(f"training {args.preset} on {run.spec.name} ({run.spec.num_train} train / {run.spec.num_eval} eval, "
         f"{run.spec.image_size}px, {run.spec.channels}ch) on {len(run.devices)} {run.devices[0].platform} device(s), "
@@ -348,7 +352,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if run.dtype != jnp.float32:
         # bfloat16 predictions cannot equal float32 torch's bit for bit: also score the same (float32) parameters
         # with float32 compute, which is what the exported weights compute.
-        flax_eval = evaluate(run, make_eval_step(float32_graphdef(run), mesh), state, mesh, shard)
+        flax_eval = evaluate(run, make_eval_step(float32_graphdef(run), mesh, run.spec), state, mesh, shard)
         result["eval_float32"], compute = flax_eval, "float32"
     if lead:
         trained = flax_model(run.config, flax_state(nnx.merge(graphdef, state.params, state.batch_stats)))

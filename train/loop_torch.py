@@ -18,14 +18,16 @@ from r34_torch import resnet as torch_resnet
 from train import eval_only as eval_only_lib
 from train import metrics as metrics_lib
 from train.data import pipeline
+from train.data.transforms import normalization_table, normalize
 from train.model_setup import ConfigError, read_init_weights
 from train.optim_torch import make_optimizer
 from train.plan import Plan, make_plan
 from train.step_torch import heads_of, train_step
 
 
-def to_torch_batch(batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    images = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2)))
+def to_torch_batch(batch: dict, table: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """NCHW float32 images (normalised through the pipeline's table) and int64 labels."""
+    images = torch.from_numpy(np.ascontiguousarray(normalize(batch["image"], table).transpose(0, 3, 1, 2)))
     return images, {k: torch.from_numpy(v.astype(np.int64)) for k, v in batch["labels"].items()}
 
 
@@ -45,7 +47,7 @@ def evaluate(plan: Plan, model: torch.nn.Module) -> dict[str, float]:
     acc = metrics_lib.EvalAccumulator()
     with torch.no_grad():
         for batch in pipeline.eval_batches(plan.sources["eval"], plan.spec, plan.args.batch_size):
-            images, _ = to_torch_batch(batch)
+            images, _ = to_torch_batch(batch, normalization_table(plan.spec))
             for head, logits in heads_of(model(images), plan.config).items():
                 top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices.numpy()
                 y = batch["labels"][head]
@@ -110,11 +112,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     final_eval: dict[str, float] = {}
     t_log, n_log = time.perf_counter(), 0
     clock = metrics_lib.InputClock()
+    table = normalization_table(plan.spec)
     while step < plan.total_steps:
         epoch, offset = divmod(step, plan.steps_per_epoch)
         for batch in clock.batches(pipeline.train_batches(plan.sources["train"], plan.spec, args.batch_size,
                                                           args.seed, epoch, offset)):
-            images, labels = to_torch_batch(batch)
+            images, labels = to_torch_batch(batch, table)
             lr = optimizer.param_groups[0]["lr"]
             step_metrics = train_step(model, optimizer, scheduler, images, labels, plan.recipe.label_smoothing)
             step += 1

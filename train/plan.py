@@ -33,7 +33,8 @@ class Plan:
         """What a checkpoint must agree on to be resumed by this run."""
         return {"config": self.config.to_dict(), "recipe": dataclasses.asdict(self.recipe), "dataset": self.spec.name,
                 "image_size": self.spec.image_size,
-                "augment": self.spec.augment, "eval_resize": self.spec.eval_resize, "batch_size": self.args.batch_size, "seed": self.args.seed}
+                "augment": self.spec.augment, "eval_resize": self.spec.eval_resize, "batch_size": self.args.batch_size,
+                "seed": self.args.seed}
 
 
 def make_plan(args: argparse.Namespace, framework: str) -> Plan:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -47,6 +48,14 @@ def init_train_state(
 def shard_batch(tree: object, mesh: Mesh) -> object:
     """Put host arrays of a global batch on `mesh`, split along the batch axis (single-process helper)."""
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("data")))
+
+
+def normalize_images(images: jax.Array, table: jax.Array | None) -> jax.Array:
+    """uint8 NHWC -> float32 through `table` (channels, 256), the pipeline's exact normalisation
+    (train.data.transforms.normalization_table); float images (table None) pass unchanged."""
+    if table is None:
+        return images
+    return jnp.asarray(table)[jnp.arange(table.shape[0]), images.astype(jnp.int32)]
 
 
 def heads_of(outputs: jax.Array | Mapping[str, jax.Array], config: ResNetConfig) -> dict[str, jax.Array]:
@@ -109,15 +118,16 @@ def data_mesh(devices: list[jax.Device] | None = None) -> Mesh:
 
 def make_train_step(
     graphdef: nnx.GraphDef, tx: optax.GradientTransformation, label_smoothing: float, mesh: Mesh,
-    skip_nonfinite: bool = False,
+    skip_nonfinite: bool = False, input_table: np.ndarray | None = None,
 ) -> Callable[[TrainState, jax.Array, Labels], tuple[TrainState, dict[str, jax.Array]]]:
-    """The jitted step: `state, metrics = step(state, images, labels)`; `state` is donated."""
+    """The jitted step: `state, metrics = step(state, images, labels)`; `state` is donated. With `input_table`
+    the images are the pipeline's uint8 batches, normalised on the device (`normalize_images`)."""
     replicated = NamedSharding(mesh, PartitionSpec())
     batch = NamedSharding(mesh, PartitionSpec("data"))
 
     def step(state: TrainState, images: jax.Array, labels: Labels) -> tuple[TrainState, dict[str, jax.Array]]:
-        return train_step(state, images, labels, graphdef=graphdef, tx=tx, label_smoothing=label_smoothing,
-                          skip_nonfinite=skip_nonfinite)
+        return train_step(state, normalize_images(images, input_table), labels, graphdef=graphdef, tx=tx,
+                          label_smoothing=label_smoothing, skip_nonfinite=skip_nonfinite)
 
     return jax.jit(
         step,

@@ -22,7 +22,7 @@ from train.data.transforms import AUGMENTS, default_eval_resize, eval_transform,
 
 DEFAULT_TFDS_DIR = Path("~/tensorflow_datasets").expanduser()
 IMAGE_FOLDER = "imagefolder"
-Batch = dict[str, Any]  # {"image": float32 NHWC, "labels": {head: int32}, "mask": bool (eval only)}
+Batch = dict[str, Any]  # {"image": uint8 NHWC, "labels": {head: int32}, "mask": bool (eval only)}
 
 
 class DataError(ValueError):

@@ -7,6 +7,11 @@ cifar: the small-image recipe: resize to a square, zero-pad by size/8 and crop b
 Images arrive either as encoded bytes (image folders, TFDS `Image` features read undecoded), decoded here with PIL
 exactly as torchvision's loader decodes them, or as uint8 arrays (fixed-size TFDS sets, the project's builders).
 Flips happen only where `spec.flip` says they preserve the label (not digits, not script).
+
+Images leave as uint8 (a quarter of float32's bytes, and no float work on the host): the train and eval steps
+normalise them on the device by looking each value up in `normalization_table(spec)`, the numpy normalisation of
+the 256 possible values per channel, so the device computes exactly torchvision's float32 `(x / 255 - mean) / std`
+(XLA would turn the divisions into multiplications by reciprocals, off by an ulp).
 """
 
 from __future__ import annotations
@@ -57,12 +62,19 @@ def _labels(example: Example, spec: DatasetSpec) -> dict[str, np.ndarray]:
     return {head: np.int32(example[key]) for head, key in spec.label_keys.items()}
 
 
-def _normalize(image: np.ndarray, spec: DatasetSpec) -> np.ndarray:
-    return imagenet_transforms.normalize(image, spec.mean, spec.std)
+def normalization_table(spec: DatasetSpec) -> np.ndarray:
+    """(channels, 256) float32: row c, entry v is channel c's normalised value of v (torchvision's arithmetic)."""
+    values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], spec.channels, axis=1)
+    return np.ascontiguousarray(imagenet_transforms.normalize(values, spec.mean, spec.std).T)
+
+
+def normalize(images: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """uint8 ...HWC -> float32 through the table (host side: the PyTorch trainer, tests)."""
+    return table[np.arange(table.shape[0]), images]
 
 
 def train_transform(example: Example, rng: np.random.Generator, spec: DatasetSpec) -> dict[str, Any]:
-    """One training example, augmented with draws from `rng` (one generator per example: reproducible)."""
+    """One training example (uint8), augmented with draws from `rng` (one generator per example: reproducible)."""
     if spec.augment == "imagenet":
         pil = to_pil(example["image"], spec.channels)
         flip = 0.5 if spec.flip else 0.0
@@ -76,11 +88,11 @@ def train_transform(example: Example, rng: np.random.Generator, spec: DatasetSpe
         image = padded[top:top + spec.image_size, left:left + spec.image_size]
         if spec.flip and rng.random() < 0.5:
             image = image[:, ::-1]
-    return {"image": _normalize(image, spec), "labels": _labels(example, spec)}
+    return {"image": np.ascontiguousarray(image), "labels": _labels(example, spec)}
 
 
 def eval_image(example: Example, spec: DatasetSpec) -> np.ndarray:
-    """The uint8 eval image, before normalisation (what the torchvision identity test compares)."""
+    """The uint8 eval image, before normalisation."""
     if spec.augment == "imagenet":
         pil = to_pil(example["image"], spec.channels)
         return _hwc(imagenet_transforms.eval_image(pil, spec.eval_resize, spec.image_size))
@@ -89,5 +101,5 @@ def eval_image(example: Example, spec: DatasetSpec) -> np.ndarray:
 
 def eval_transform(example: Example, spec: DatasetSpec) -> dict[str, Any]:
     """One eval example: deterministic preprocessing, labels, and mask True (padding examples get False)."""
-    return {"image": _normalize(eval_image(example, spec), spec), "labels": _labels(example, spec),
+    return {"image": np.ascontiguousarray(eval_image(example, spec)), "labels": _labels(example, spec),
             "mask": np.bool_(True)}
