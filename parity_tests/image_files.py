@@ -13,26 +13,26 @@ from PIL import Image
 from train.data.synthetic import photo
 
 
-def _encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
+def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
     out = io.BytesIO()
     image.save(out, fmt, **kwargs)
     return out.getvalue()
 
 
 def jpeg(seed: int, size: tuple[int, int]) -> bytes:
-    return _encoded(photo(seed, *size), "JPEG", quality=90)
+    return encoded(photo(seed, *size), "JPEG", quality=90)
 
 
 # name -> (bytes of a file of that kind, given a seed and (width, height)). Good files first, then bad ones.
 GOOD: dict[str, Callable[[int, tuple[int, int]], bytes]] = {
     "jpeg": jpeg,
-    "gray_jpeg": lambda seed, size: _encoded(photo(seed, *size).convert("L"), "JPEG", quality=90),
-    "cmyk_jpeg": lambda seed, size: _encoded(photo(seed, *size).convert("CMYK"), "JPEG", quality=90),
-    "png_named_jpeg": lambda seed, size: _encoded(photo(seed, *size), "PNG"),
-    "rgba_png": lambda seed, size: _encoded(photo(seed, *size).convert("RGBA"), "PNG"),
-    "palette_png": lambda seed, size: _encoded(photo(seed, *size).quantize(64), "PNG"),
-    "bmp": lambda seed, size: _encoded(photo(seed, *size), "BMP"),
-    "webp": lambda seed, size: _encoded(photo(seed, *size), "WEBP", lossless=True),
+    "gray_jpeg": lambda seed, size: encoded(photo(seed, *size).convert("L"), "JPEG", quality=90),
+    "cmyk_jpeg": lambda seed, size: encoded(photo(seed, *size).convert("CMYK"), "JPEG", quality=90),
+    "png_named_jpeg": lambda seed, size: encoded(photo(seed, *size), "PNG"),
+    "rgba_png": lambda seed, size: encoded(photo(seed, *size).convert("RGBA"), "PNG"),
+    "palette_png": lambda seed, size: encoded(photo(seed, *size).quantize(64), "PNG"),
+    "bmp": lambda seed, size: encoded(photo(seed, *size), "BMP"),
+    "webp": lambda seed, size: encoded(photo(seed, *size), "WEBP", lossless=True),
 }
 BAD: dict[str, tuple[str, Callable[[int, tuple[int, int]], bytes], str]] = {
     # kind -> (file name, bytes, what the error must say)
@@ -40,7 +40,7 @@ BAD: dict[str, tuple[str, Callable[[int, tuple[int, int]], bytes], str]] = {
     "zero_bytes": ("empty.jpg", lambda seed, size: b"", "empty file"),
     "not_an_image": ("page.jpg", lambda seed, size: b"<html>404 Not Found</html>\n",
                      "not an image file PIL recognises"),
-    "png_16_bit": ("deep.png", lambda seed, size: _encoded(Image.fromarray(
+    "png_16_bit": ("deep.png", lambda seed, size: encoded(Image.fromarray(
         (np.asarray(photo(seed, *size).convert("L"), np.uint16) * 257)), "PNG"), "mode I;16"),
     "text_file": ("notes.txt", lambda seed, size: b"labels were checked by hand\n", "not an image file name"),
 }

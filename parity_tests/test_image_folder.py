@@ -124,8 +124,15 @@ def test_all_bad_files_are_named_at_once(tmp_path: Path, capsys) -> None:
 
 
 def test_good_files_of_every_kind_decode_as_torchvisions_loader(tmp_path: Path) -> None:
-    for kind, make in GOOD.items():
-        path = write(tmp_path / f"{kind}.JPEG", make(3, (70, 50)))  # every kind behind a .JPEG name
+    files = {kind: make(3, (70, 50)) for kind, make in GOOD.items()}  # every kind behind a .JPEG name
+    picture = image_files.photo(5, 97, 61)  # odd sizes: the edges of chroma subsampling
+    for subsampling in (0, 1, 2):  # 4:4:4, 4:2:2, 4:2:0, the simplejpeg path
+        for quality in (75, 95):
+            files[f"jpeg_{subsampling}_{quality}"] = image_files.encoded(picture, "JPEG", quality=quality,
+                                                                         subsampling=subsampling)
+    files["progressive"] = image_files.encoded(picture, "JPEG", quality=90, progressive=True)
+    for kind, data in files.items():
+        path = write(tmp_path / f"{kind}.JPEG", data)
         ours = np.asarray(image_folder.decode(path.read_bytes()))
         assert np.array_equal(ours, np.asarray(datasets.folder.pil_loader(str(path)))), kind
         assert image_folder.check_file(path) is None
