@@ -11,8 +11,16 @@ import torch
 from torch import nn
 
 from parity_tests.tolerances import F32_FEATURE_MAP_REL, F32_REL, F64_ABS
-from r34.config import ResNetConfig
+from r34.config import PRESETS, ResNetConfig
 from r34_torch import resnet as torch_resnet
+
+
+# torchvision's ten builders (r34.config presets of the same names).
+FAMILY = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
+          "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
+# Presets that tests parametrised over "every preset" build with real weights: every code path (both blocks,
+# groups, one and three heads) without the 25M-127M-parameter Bottleneck bodies, which get their own checks.
+TEST_PRESETS = tuple(n for n, c in PRESETS.items() if c.block == "basic" or n == "tiny_bottleneck")
 
 
 def randomize_batchnorm(model: nn.Module, seed: int, calibration_size: int = 128) -> nn.Module:

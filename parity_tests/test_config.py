@@ -44,7 +44,13 @@ def test_channels_are_derived_from_widths() -> None:
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"block": "bottleneck"}, "block='bottleneck' is not one of ['basic']"),
+        ({"block": "wide"}, "block='wide' is not one of ['basic', 'bottleneck']"),
+        ({"groups": 32}, "BasicBlock only supports groups=1 and width_per_group=64, got groups=32"),
+        ({"width_per_group": 128}, "BasicBlock only supports groups=1 and width_per_group=64"),
+        ({"replace_stride_with_dilation": (False, True, True)}, "dilation > 1 is not supported in BasicBlock"),
+        ({"block": "bottleneck", "replace_stride_with_dilation": (True,)}, "one entry per stage after the first (3)"),
+        ({"block": "bottleneck", "width_per_group": 0}, "groups and width_per_group must be >= 1"),
+        ({"block": "bottleneck", "widths": (8, 16, 32, 64), "width_per_group": 4}, "leaves a Bottleneck of planes 8"),
         ({"stage_sizes": (3, 4)}, "must be non-empty and of equal length"),
         ({"stage_sizes": (3, 0, 6, 3)}, "stage sizes and widths must be >= 1"),
         ({"in_channels": 0}, "in_channels must be >= 1"),
@@ -63,8 +69,8 @@ def test_invalid_config_is_a_clear_error(changes: dict, message: str) -> None:
 
 
 def test_unknown_preset_lists_known_ones() -> None:
-    with pytest.raises(ValueError, match="unknown preset 'resnet50'; known presets: resnet34, resnet18"):
-        get_preset("resnet50")
+    with pytest.raises(ValueError, match="unknown preset 'resnet51'; known presets: resnet34, resnet18"):
+        get_preset("resnet51")
 
 
 def test_config_dict_round_trip_and_errors() -> None:
@@ -75,3 +81,19 @@ def test_config_dict_round_trip_and_errors() -> None:
         data["depth"] = 34
         del data["bn_eps"]
         ResNetConfig.from_dict(data)
+
+
+def test_bottleneck_blocks_follow_torchvisions_make_layer() -> None:
+    """Inner widths int(planes * width_per_group / 64) * groups, the layer1 projection, and dilation: a dilated
+    stage's first block keeps the previous dilation, the others take the new one, strides become 1."""
+    blocks = {(b.stage, b.index): b for b in get_preset("resnext50_32x4d").blocks()}
+    first = blocks["layer1", 0]
+    assert (first.in_channels, first.width, first.out_channels, first.groups) == (64, 128, 256, 32)
+    assert first.downsample and first.stride == 1  # channels 64 -> 256: the projection every Bottleneck model has
+    assert blocks["layer4", 0].width == 1024 and blocks["layer4", 2].in_channels == 2048
+    assert get_preset("wide_resnet50_2").blocks()[0].width == 128 and get_preset("resnet50").num_features == 2048
+    os8 = get_preset("resnet50").replace(replace_stride_with_dilation=(False, True, True))
+    layout = {s: [(b.stride, b.dilation) for b in os8.stage_blocks(s)] for s in os8.stage_names}
+    assert layout["layer2"][0] == (2, 1)
+    assert layout["layer3"] == [(1, 1)] + [(1, 2)] * 5 and layout["layer4"] == [(1, 2)] + [(1, 4)] * 2
+    assert all(b.downsample for b in os8.blocks() if b.index == 0)  # channels change even without a stride

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from parity_tests.helpers import precision, torch_model
-from r34 import PRESETS, get_preset, preset_name
+from parity_tests.helpers import FAMILY, TEST_PRESETS, precision, torch_model
+from r34 import get_preset, preset_name
 from r34_flax import (
     ConversionError,
     conversion_table,
@@ -32,7 +32,7 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 @pytest.fixture(scope="module")
 def state_dicts() -> dict[str, dict[str, torch.Tensor]]:
     """Per preset, a state_dict with random weights AND random BN statistics and batch counters."""
-    return {name: torch_model(config, seed=i).state_dict() for i, (name, config) in enumerate(PRESETS.items())}
+    return {name: torch_model(get_preset(name), seed=i).state_dict() for i, name in enumerate(TEST_PRESETS)}
 
 
 def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -45,7 +45,7 @@ def assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("preset", TEST_PRESETS)
 def test_torch_to_flax_to_torch_is_bit_identical(preset: str, dtype: torch.dtype, state_dicts: dict) -> None:
     sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dicts[preset].items()}
     config, flat = torch_to_flax(sd)
@@ -70,7 +70,7 @@ def random_flax_model(preset: str, seed: int):
     return flax_model(config, flat)
 
 
-@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("preset", TEST_PRESETS)
 def test_flax_to_torch_to_flax_is_bit_identical(preset: str) -> None:
     model = random_flax_model(preset, seed=3)
     before = flax_state(model)
@@ -91,7 +91,7 @@ def test_flax_to_torch_from_an_initialised_model() -> None:
         np.testing.assert_array_equal(value, back[path], err_msg=str(path))
 
 
-@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("preset", TEST_PRESETS)
 def test_architecture_is_inferred_from_weights(preset: str, state_dicts: dict) -> None:
     assert preset_name(infer_config(state_dicts[preset])) == preset
 
@@ -103,10 +103,49 @@ def test_torchvision_checkpoints_are_recognised() -> None:
     )
 
 
-def test_bottleneck_resnet_is_refused() -> None:
-    with pytest.raises(ConversionError, match="not a supported ResNet") as e:
-        torch_to_flax(torchvision.models.resnet50().state_dict())
-    assert "Bottleneck blocks (ResNet-50/101/152) are not supported" in str(e.value)
+def meta_state_dict(model_fn, *args, **kwargs) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):  # shapes only: what inference reads
+        return model_fn(*args, **kwargs).state_dict()
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_every_torchvision_builder_is_recognised_from_its_weights(name: str) -> None:
+    config = infer_config(meta_state_dict(getattr(torchvision.models, name)))
+    assert config == get_preset(name) and preset_name(config) == name
+
+
+def test_any_resnet_of_torchvisions_class_is_recognised() -> None:
+    """timm's resnext101_32x4d (torchvision's keys, no torchvision builder) and a 1-channel grapheme50."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    sd = meta_state_dict(ResNet, Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=4)
+    assert infer_config(sd) == get_preset("resnext101_64x4d").replace(groups=32)
+    with torch.device("meta"):
+        grapheme50 = torch_resnet(get_preset("grapheme50")).state_dict()
+    assert preset_name(infer_config(grapheme50)) == "grapheme50"
+
+
+def test_a_preset_mismatch_names_the_differing_field() -> None:
+    sd = torchvision.models.resnext50_32x4d().state_dict()
+    with pytest.raises(ConversionError, match="weights do not match the architecture") as e:
+        torch_to_flax(sd, get_preset("resnet50"))
+    assert "weights have groups=32 but the requested architecture has 1" in str(e.value)
+    assert "width_per_group=4 but the requested architecture has 64" in str(e.value)
+
+
+def test_timm_d_variant_is_refused_naming_its_keys() -> None:
+    """timm's resnet50d: a deep stem (conv1.0/.1/.3/.4/.6) and avg-down shortcuts (downsample.1 conv, .2 BN)."""
+    sd = torchvision.models.resnet50().state_dict()
+    stem = {k: v for k, v in sd.items() if k.startswith(("conv1.", "bn1."))}
+    sd = {k: v for k, v in sd.items() if k not in stem}
+    sd.update({"conv1.0.weight": torch.zeros(32, 3, 3, 3), "conv1.1.weight": torch.ones(32),
+               "conv1.3.weight": torch.zeros(32, 32, 3, 3), "conv1.6.weight": torch.zeros(64, 32, 3, 3)})
+    for key in [k for k in sd if ".downsample." in k]:
+        sd[key.replace(".downsample.1.", ".downsample.2.").replace(".downsample.0.", ".downsample.1.")] = sd.pop(key)
+    with pytest.raises(ConversionError, match="not a torchvision ResNet") as e:
+        torch_to_flax(sd)
+    assert "a deep stem (conv1.0.weight, conv1.1.weight" in str(e.value) and "resnet50d" in str(e.value)
+    assert "an average-pool shortcut (layer1.0.downsample.2." in str(e.value)
 
 
 def test_non_resnet_is_refused() -> None:

@@ -15,9 +15,10 @@ import safetensors.torch
 import torch
 import torchvision
 
-from parity_tests.helpers import max_abs, nchw_to_nhwc, precision, randomize_batchnorm, torch_model
+from parity_tests.helpers import (TEST_PRESETS, max_abs, nchw_to_nhwc, precision, randomize_batchnorm,
+                                  torch_model)
 from parity_tests.tolerances import F64_ABS
-from r34 import PRESETS, get_preset
+from r34 import get_preset
 from r34_flax import flax_model, torch_to_flax
 from r34_flax.checkpoint import model_save_args
 from r34_flax.convert import main
@@ -26,7 +27,7 @@ from r34_flax.weights_io import read_flax_weights
 
 @pytest.fixture(scope="module")
 def state_dicts() -> dict[str, dict[str, torch.Tensor]]:
-    return {name: torch_model(config, seed=20 + i).state_dict() for i, (name, config) in enumerate(PRESETS.items())}
+    return {name: torch_model(get_preset(name), seed=20 + i).state_dict() for i, name in enumerate(TEST_PRESETS)}
 
 
 def run(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
@@ -46,7 +47,7 @@ def only_files(directory: Path) -> set[str]:
     return {p.name for p in directory.iterdir()}
 
 
-@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("preset", TEST_PRESETS)
 def test_round_trip_through_every_file_format(preset: str, state_dicts: dict, tmp_path: Path, capsys) -> None:
     sd = state_dicts[preset]
     torch.save(sd, tmp_path / "src.pth")
@@ -164,13 +165,17 @@ def test_all_problems_in_one_error(state_dicts: dict, tmp_path: Path, capsys) ->
 
 
 def test_other_architectures_are_refused(state_dicts: dict, tmp_path: Path, capsys) -> None:
-    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "r50.pth")
-    code, _, err = run(capsys, "to-flax", tmp_path / "r50.pth", tmp_path / "out.safetensors")
-    assert code == 2 and "Bottleneck blocks (ResNet-50/101/152) are not supported" in err
     torch.save(torchvision.models.mobilenet_v3_small().state_dict(), tmp_path / "mobilenet.pth")
     code, _, err = run(capsys, "to-flax", tmp_path / "mobilenet.pth", tmp_path / "out.safetensors")
     assert code == 2 and "no 4-D 'conv1.weight'" in err and "not a ResNet" in err
-    assert only_files(tmp_path) == {"r50.pth", "mobilenet.pth"}
+    assert only_files(tmp_path) == {"mobilenet.pth"}
+
+
+def test_inspect_names_the_torchvision_builder(tmp_path: Path, capsys) -> None:
+    torch.save(torchvision.models.resnext50_32x4d(num_classes=7).state_dict(), tmp_path / "x50.pth")
+    code, out, _ = run(capsys, "inspect", tmp_path / "x50.pth")
+    assert code == 0 and "resnext50_32x4d body (block=bottleneck, stages=(3, 4, 6, 3)" in out
+    assert "groups=32, width_per_group=4" in out and "heads: fc=7" in out
 
 
 def test_heads_contradicting_preset(state_dicts: dict, tmp_path: Path, capsys) -> None:

@@ -194,3 +194,17 @@ def test_cpu_flags_are_set_before_jax_starts_and_only_when_asked() -> None:
     out = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == list(xla_cpu.CPU_FLAGS)
+
+
+def test_grouped_and_dilated_convolutions_go_to_xla() -> None:
+    """The CPU lowerings cover plain convolutions only: Bottleneck's grouped and dilated 3x3s take XLA's own
+    convolution, forward and differentiated, explicitly (their parity is checked in test_eval_parity.py)."""
+    from r34_flax.conv_lowering import uses_patches, uses_tapwise
+
+    dims = lax.conv_dimension_numbers((2, 4, 4, 8), (3, 3, 8, 8), NHWC)
+    plain = ((2, 4, 4, 8), (3, 3, 8, 8), (1, 1), ((1, 1), (1, 1)), None, None, dims, 1)
+    assert uses_patches(*plain) and uses_tapwise(*plain)  # a 4x4 map: the lowerings' territory
+    grouped = plain[:1] + ((3, 3, 4, 8),) + plain[2:7] + (2,)
+    dilated = plain[:3] + (((2, 2), (2, 2)), None, (2, 2)) + plain[6:]
+    for conv in (grouped, dilated):
+        assert not uses_patches(*conv) and not uses_tapwise(*conv)

@@ -12,12 +12,20 @@ import torch
 import torchvision
 from flax import nnx
 
-from r34 import PRESETS, get_preset
+from parity_tests.helpers import FAMILY, TEST_PRESETS
+from r34 import get_preset
 from r34_flax import conversion_table, flax_state
+from r34_flax.conversion import parameter_count
 from r34_flax import resnet as flax_resnet
 from r34_torch import resnet as torch_resnet
 
 RESNET34_PARAMS = 21_797_672  # torchvision.models.resnet34(): sum of p.numel() over parameters()
+# torchvision's builders: sum(p.numel() for p in model.parameters()) (its model cards and docs).
+FAMILY_PARAMS = {
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
+    "resnet152": 60_192_808, "resnext50_32x4d": 25_028_904, "resnext101_32x8d": 88_791_336,
+    "resnext101_64x4d": 83_455_272, "wide_resnet50_2": 68_883_240, "wide_resnet101_2": 126_886_696,
+}
 
 # Sampling error of a standard deviation estimated from n >= 8192 draws is ~1/sqrt(2n) < 0.8%; 5% is > 6 sigma,
 # yet far below the 2x-20x that a wrong fan mode or gain produces.
@@ -48,7 +56,7 @@ def test_torch_state_dict_equals_torchvision(preset: str, reference: str) -> Non
         assert sum(k.endswith("num_batches_tracked") for k in ours) == 36
 
 
-@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("preset", TEST_PRESETS)
 def test_conversion_table_describes_both_trees(preset: str) -> None:
     config = get_preset(preset)
     table = conversion_table(config)
@@ -111,13 +119,15 @@ def test_flax_init_scheme() -> None:
     _check_linear(flat["fc/kernel"], flat["fc/bias"], 512, "fc")
 
 
-def test_zero_init_residual_in_both_twins() -> None:
-    config = get_preset("tiny").replace(zero_init_residual=True)
+@pytest.mark.parametrize("preset, last", [("tiny", "bn2"), ("tiny_bottleneck", "bn3")])
+def test_zero_init_residual_in_both_twins(preset: str, last: str) -> None:
+    """torchvision zeroes the last BatchNorm of each block: bn2 in BasicBlock, bn3 in Bottleneck."""
+    config = get_preset(preset).replace(zero_init_residual=True)
     torch_model = torch_resnet(config)
     flat = flax_state(flax_resnet(config))
     for b in config.blocks():
-        assert torch.all(torch_model.get_submodule(f"{b.stage}.{b.index}.bn2").weight == 0)
-        assert np.all(flat[(b.stage, b.index, "bn2", "scale")] == 0)
+        assert torch.all(torch_model.get_submodule(f"{b.stage}.{b.index}.{last}").weight == 0)
+        assert np.all(flat[(b.stage, b.index, last, "scale")] == 0)
         assert np.all(flat[(b.stage, b.index, "bn1", "scale")] == 1)
 
 
@@ -152,3 +162,26 @@ def test_flax_compute_and_param_dtypes() -> None:
     assert half[("conv1", "kernel")].dtype == jnp.bfloat16
     # Statistics stay float32 under low-precision params: a bf16 running variance would lose the update.
     assert half[("bn1", "var")].dtype == np.float32
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_every_torchvision_builder_has_its_parameter_count_and_module_tree(name: str) -> None:
+    """On torch's meta device (shapes only, no memory, no init work): the torch twin of the preset has
+    torchvision's state_dict keys, order and shapes and torchvision's parameter count; so has the table."""
+    config = get_preset(name)
+    with torch.device("meta"):
+        ours, theirs = torch_resnet(config), getattr(torchvision.models, name)()
+    shapes = lambda model: [(k, v.shape) for k, v in model.state_dict().items()]  # noqa: E731
+    assert shapes(ours) == shapes(theirs)
+    assert sum(p.numel() for p in ours.parameters()) == FAMILY_PARAMS[name]
+    assert parameter_count(config) == FAMILY_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnext50_32x4d", "wide_resnet50_2"])
+def test_flax_twin_of_bottleneck_bodies_has_torchvisions_parameter_count(name: str) -> None:
+    params = nnx.state(abstract_flax(name), nnx.Param)
+    assert sum(math.prod(x.shape) for x in jax.tree.leaves(params)) == FAMILY_PARAMS[name]
+    conv2 = nnx.state(abstract_flax(name), nnx.Param)["layer1"][0]["conv2"]["kernel"]
+    config = get_preset(name)
+    width = config.blocks()[0].width
+    assert conv2.shape == (3, 3, width // config.groups, width)  # grouped: HWIO with I = in / groups

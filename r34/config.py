@@ -7,11 +7,11 @@ import json
 from collections.abc import Mapping
 from typing import Literal, NamedTuple
 
-BlockType = Literal["basic"]
+BlockType = Literal["basic", "bottleneck"]
 
-# Output channels of a block = width * expansion. Bottleneck (ResNet-50+) would add "bottleneck": 4 here,
-# plus a block class in each twin and a block entry in the conversion table.
-BLOCK_EXPANSION: Mapping[str, int] = {"basic": 1}
+# Output channels of a block = planes * expansion: torchvision's BasicBlock (ResNet-18/34) and Bottleneck
+# (ResNet-50 and up, ResNeXt, Wide ResNet). Each has a block class in each twin and an entry in the conversion table.
+BLOCK_EXPANSION: Mapping[str, int] = {"basic": 1, "bottleneck": 4}
 
 
 class BlockSpec(NamedTuple):
@@ -20,10 +20,12 @@ class BlockSpec(NamedTuple):
     stage: str
     index: int
     in_channels: int
-    width: int
+    width: int  # channels inside the block: conv1's output (and conv2's, for Bottleneck)
     out_channels: int
     stride: int
     downsample: bool
+    groups: int = 1  # of the 3x3 convolution that carries the stride (Bottleneck's conv2)
+    dilation: int = 1  # of that 3x3 convolution, whose padding equals it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,9 +33,16 @@ class ResNetConfig:
     """Architecture of a torchvision-style ResNet.
 
     Attributes:
-      block: residual block type; only "basic" (ResNet-18/34) is implemented.
+      block: residual block type: "basic" (ResNet-18/34) or "bottleneck" (ResNet-50 and up, ResNeXt, Wide
+        ResNet; ResNet V1.5, the stride on the 3x3 convolution, as torchvision).
       stage_sizes: number of blocks per stage (layer1, layer2, ...).
-      widths: block width per stage; the stem has `widths[0]` channels, as in torchvision.
+      widths: torchvision's `planes` per stage; blocks output `planes * expansion` channels and the stem has
+        `widths[0]` channels, as in torchvision.
+      groups: groups of the 3x3 convolutions in Bottleneck blocks (ResNeXt: 32 or 64).
+      width_per_group: torchvision's `width_per_group`: a Bottleneck's inner width is
+        `int(planes * width_per_group / 64) * groups` (64 for ResNet, 4 or 8 for ResNeXt, 128 for Wide ResNet).
+      replace_stride_with_dilation: per stage after the first, replace its stride 2 with dilation, as
+        torchvision's argument of that name (e.g. (False, True, True) for output stride 8); () means none.
       in_channels: input image channels.
       heads: (name, num_classes) pairs, in order. A single head named "fc" gives torchvision's model
         (forward returns an array); several heads make forward return a dict name -> logits.
@@ -50,11 +59,29 @@ class ResNetConfig:
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
     zero_init_residual: bool = False
+    groups: int = 1
+    width_per_group: int = 64
+    replace_stride_with_dilation: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
         if self.block not in BLOCK_EXPANSION:
             problems.append(f"block={self.block!r} is not one of {sorted(BLOCK_EXPANSION)}")
+        # torchvision's BasicBlock refuses these (ValueError for groups and width, NotImplementedError for dilation)
+        if self.block == "basic" and (self.groups != 1 or self.width_per_group != 64):
+            problems.append(f"BasicBlock only supports groups=1 and width_per_group=64, got groups={self.groups}, "
+                            f"width_per_group={self.width_per_group}")
+        if self.block == "basic" and any(self.replace_stride_with_dilation):
+            problems.append("dilation > 1 is not supported in BasicBlock (replace_stride_with_dilation="
+                            f"{self.replace_stride_with_dilation})")
+        if self.groups < 1 or self.width_per_group < 1:
+            problems.append(f"groups and width_per_group must be >= 1, got {self.groups} and {self.width_per_group}")
+        elif any(int(w * (self.width_per_group / 64.0)) < 1 for w in self.widths):
+            problems.append(f"width_per_group={self.width_per_group} leaves a Bottleneck of planes {min(self.widths)} "
+                            "no channels (int(planes * width_per_group / 64) must be >= 1)")
+        if len(self.replace_stride_with_dilation) not in (0, len(self.stage_sizes) - 1):
+            problems.append(f"replace_stride_with_dilation needs one entry per stage after the first "
+                            f"({len(self.stage_sizes) - 1}), got {self.replace_stride_with_dilation}")
         if len(self.stage_sizes) == 0 or len(self.stage_sizes) != len(self.widths):
             problems.append(
                 f"stage_sizes {self.stage_sizes} and widths {self.widths} must be non-empty and of equal length"
@@ -109,19 +136,33 @@ class ResNetConfig:
         return len(self.heads) == 1
 
     def stage_stride(self, stage: int) -> int:
-        """Stride of the first block of `stage` (0-based): the first stage follows the max pool at stride 1."""
+        """Stride of the first block of `stage` (0-based) before dilation: the first stage follows the max pool at
+        stride 1, the others halve the map."""
         return 1 if stage == 0 else 2
 
+    def dilates(self, stage: int) -> bool:
+        """Whether `stage` (0-based) trades its stride for dilation (replace_stride_with_dilation)."""
+        return stage > 0 and bool(self.replace_stride_with_dilation) and self.replace_stride_with_dilation[stage - 1]
+
     def blocks(self) -> list[BlockSpec]:
-        """Every block in execution order; channel counts are derived here and nowhere else."""
+        """Every block in execution order, by torchvision's `_make_layer`; channel counts, strides and dilations
+        are derived here and nowhere else."""
         out = []
         in_ch = self.stem_width
-        for s, (name, size, width) in enumerate(zip(self.stage_names, self.stage_sizes, self.widths)):
-            out_ch = width * self.expansion
+        dilation = 1
+        for s, (name, size, planes) in enumerate(zip(self.stage_names, self.stage_sizes, self.widths)):
+            out_ch = planes * self.expansion
+            width = int(planes * (self.width_per_group / 64.0)) * self.groups
+            stride, previous_dilation = self.stage_stride(s), dilation
+            if self.dilates(s):
+                dilation, stride = dilation * stride, 1
             for i in range(size):
-                stride = self.stage_stride(s) if i == 0 else 1
+                # The first block of a stage keeps the previous dilation, the others take the stage's.
+                block_stride, block_dilation = (stride, previous_dilation) if i == 0 else (1, dilation)
                 # A projection shortcut wherever the identity cannot be added: new resolution or channel count.
-                out.append(BlockSpec(name, i, in_ch, width, out_ch, stride, stride != 1 or in_ch != out_ch))
+                downsample = block_stride != 1 or in_ch != out_ch
+                out.append(BlockSpec(name, i, in_ch, width, out_ch, block_stride, downsample, self.groups,
+                                     block_dilation))
                 in_ch = out_ch
         return out
 
@@ -146,6 +187,7 @@ class ResNetConfig:
         values["stage_sizes"] = tuple(values["stage_sizes"])
         values["widths"] = tuple(values["widths"])
         values["heads"] = tuple((str(name), int(n)) for name, n in values["heads"])
+        values["replace_stride_with_dilation"] = tuple(bool(d) for d in values["replace_stride_with_dilation"])
         return cls(**values)
 
 
@@ -161,8 +203,25 @@ PRESETS: dict[str, ResNetConfig] = {
     # strided downsample (layer2-4), and a non-first block in a strided stage (layer3.1).
     "tiny": ResNetConfig(stage_sizes=(1, 1, 2, 1), widths=(8, 16, 32, 64), heads=(("fc", 10),)),
 }
+# torchvision's Bottleneck builders (resnet.py): block, layers, groups, width_per_group; nothing else differs.
+for _name, _layers, _groups, _width in (
+    ("resnet50", (3, 4, 6, 3), 1, 64),
+    ("resnet101", (3, 4, 23, 3), 1, 64),
+    ("resnet152", (3, 8, 36, 3), 1, 64),
+    ("resnext50_32x4d", (3, 4, 6, 3), 32, 4),
+    ("resnext101_32x8d", (3, 4, 23, 3), 32, 8),
+    ("resnext101_64x4d", (3, 4, 23, 3), 64, 4),
+    ("wide_resnet50_2", (3, 4, 6, 3), 1, 128),
+    ("wide_resnet101_2", (3, 4, 23, 3), 1, 128),
+):
+    PRESETS[_name] = ResNetConfig(block="bottleneck", stage_sizes=_layers, groups=_groups, width_per_group=_width)
+# The Bengali grapheme classifier on a ResNet-50 body.
+PRESETS["grapheme50"] = PRESETS["resnet50"].replace(in_channels=1, heads=PRESETS["grapheme34"].heads)
 # The tiny body with grapheme34's input and heads: fast tests of the three-head paths (trainer, metric, converter).
 PRESETS["tiny_grapheme"] = PRESETS["tiny"].replace(in_channels=1, heads=PRESETS["grapheme34"].heads)
+# Smallest Bottleneck model with every Bottleneck path: grouped 3x3 convolutions (2 groups of inner width
+# int(planes * 16 / 64) * 2), the layer1.0 projection Bottleneck models have, strided and plain blocks.
+PRESETS["tiny_bottleneck"] = PRESETS["tiny"].replace(block="bottleneck", groups=2, width_per_group=16)
 
 
 def get_preset(name: str) -> ResNetConfig:
@@ -171,6 +230,18 @@ def get_preset(name: str) -> ResNetConfig:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+
+
+BODY_FIELDS = ("block", "stage_sizes", "widths", "groups", "width_per_group")
+
+
+def body_name(config: ResNetConfig) -> str | None:
+    """The first preset with the same body (block, stages, widths, groups, width per group), whatever its input
+    channels, heads or dilation: e.g. "resnet50" for a fine-tuned 10-class ResNet-50."""
+    for name, preset in PRESETS.items():
+        if all(getattr(preset, f) == getattr(config, f) for f in BODY_FIELDS):
+            return name
+    return None
 
 
 def preset_name(config: ResNetConfig) -> str | None:

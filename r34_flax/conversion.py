@@ -87,23 +87,41 @@ class Module(NamedTuple):
     dims: tuple[int, ...]
 
 
+def _downsample_modules(b: BlockSpec) -> list[Module]:
+    if not b.downsample:
+        return []
+    return [
+        Module(("downsample", 0), "conv", (b.out_channels, b.in_channels, 1)),
+        Module(("downsample", 1), "bn", (b.out_channels,)),
+    ]
+
+
 def _basic_block_modules(b: BlockSpec) -> list[Module]:
-    mods = [
+    return [
         Module(("conv1",), "conv", (b.width, b.in_channels, 3)),
         Module(("bn1",), "bn", (b.width,)),
         Module(("conv2",), "conv", (b.out_channels, b.width, 3)),
         Module(("bn2",), "bn", (b.out_channels,)),
-    ]
-    if b.downsample:
-        mods += [
-            Module(("downsample", 0), "conv", (b.out_channels, b.in_channels, 1)),
-            Module(("downsample", 1), "bn", (b.out_channels,)),
-        ]
-    return mods
+    ] + _downsample_modules(b)
+
+
+def _bottleneck_modules(b: BlockSpec) -> list[Module]:
+    return [
+        Module(("conv1",), "conv", (b.width, b.in_channels, 1)),
+        Module(("bn1",), "bn", (b.width,)),
+        # grouped: each output channel sees width / groups input channels (torch (out, in/groups, k, k))
+        Module(("conv2",), "conv", (b.width, b.width // b.groups, 3)),
+        Module(("bn2",), "bn", (b.width,)),
+        Module(("conv3",), "conv", (b.out_channels, b.width, 1)),
+        Module(("bn3",), "bn", (b.out_channels,)),
+    ] + _downsample_modules(b)
 
 
 # Per block type: its modules, relative to the block. Same keys as BLOCK_EXPANSION.
-BLOCK_MODULES: Mapping[str, Callable[[BlockSpec], list[Module]]] = {"basic": _basic_block_modules}
+BLOCK_MODULES: Mapping[str, Callable[[BlockSpec], list[Module]]] = {
+    "basic": _basic_block_modules,
+    "bottleneck": _bottleneck_modules,
+}
 
 
 def modules(config: ResNetConfig) -> list[Module]:
@@ -211,6 +229,9 @@ def infer_config(
     heads). BatchNorm eps/momentum are not stored in weights and come from the arguments. Raises
     ConversionError for anything that is not a supported ResNet."""
     shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    variant = _variant_keys(shapes)
+    if variant:
+        raise ConversionError(variant, "not a torchvision ResNet")
     stem = shapes.get("conv1.weight")
     if stem is None or len(stem) != 4:
         found = ", ".join(list(shapes)[:5]) + (", ..." if len(shapes) > 5 else "")
@@ -232,19 +253,35 @@ def infer_config(
     for s in stages:
         if sorted(blocks[s]) != list(range(len(blocks[s]))):
             problems.append(f"blocks of layer{s} must be numbered 0..n-1, found {sorted(blocks[s])}")
-    if any(k.endswith(".conv3.weight") for k in shapes if _BLOCK_KEY.match(k)):
-        supported = ", ".join(f"{b!r}" for b in BLOCK_EXPANSION)
-        problems.append(
-            "blocks have a conv3: Bottleneck blocks (ResNet-50/101/152) are not supported; "
-            f"supported block types: {supported} (ResNet-18/34)"
-        )
-    widths = []
+    block = "bottleneck" if any(k.endswith(".conv3.weight") for k in shapes if _BLOCK_KEY.match(k)) else "basic"
+    # Per stage, from its first block: planes (torchvision's widths) and the 3x3's inner width and groups.
+    widths, inner = [], []
+    groups = set()
     for s in stages:
-        w = shapes.get(f"layer{s}.0.conv1.weight")
-        if w is None or len(w) != 4:
-            problems.append(f"missing 4-D 'layer{s}.0.conv1.weight'; cannot tell the width of layer{s}")
+        last = shapes.get(f"layer{s}.0.{'conv3' if block == 'bottleneck' else 'conv1'}.weight")
+        conv2 = shapes.get(f"layer{s}.0.conv2.weight")
+        if last is None or len(last) != 4 or conv2 is None or len(conv2) != 4:
+            problems.append(f"missing 4-D 'layer{s}.0.conv1/conv2{'/conv3' if block == 'bottleneck' else ''}."
+                            f"weight'; cannot tell the width of layer{s}")
+            continue
+        if block == "bottleneck":
+            widths.append(last[0] // BLOCK_EXPANSION[block])
+            inner.append(conv2[0])
+            groups.add(conv2[0] // conv2[1] if conv2[1] else 0)
         else:
-            widths.append(w[0])
+            widths.append(last[0])
+    width_per_group = 64
+    group_count = next(iter(groups)) if len(groups) == 1 else 1
+    if block == "bottleneck" and inner:
+        if len(groups) > 1:
+            problems.append(f"the 3x3 convolutions of the stages have different groups {sorted(groups)}")
+        # torchvision: inner = int(planes * width_per_group / 64) * groups, the same width_per_group in every stage
+        candidates = {w * 64 // p for w, p in zip((i // max(group_count, 1) for i in inner), widths) if p}
+        width_per_group = min(candidates) if candidates else 64
+        expected = [int(p * (width_per_group / 64.0)) * group_count for p in widths]
+        if expected != inner:
+            problems.append(f"Bottleneck inner widths {inner} fit no (groups, width_per_group): with groups "
+                            f"{group_count} and width_per_group {width_per_group} they would be {expected}")
     heads = []
     for key, shape in shapes.items():
         m = _HEAD_KEY.match(key)
@@ -261,13 +298,15 @@ def infer_config(
         raise ConversionError(problems, "not a supported ResNet")
     try:
         config = ResNetConfig(
-            block="basic",
+            block=block,
             stage_sizes=tuple(len(blocks[s]) for s in stages),
             widths=tuple(widths),
             in_channels=stem[1],
             heads=tuple(heads),
             bn_eps=bn_eps,
             bn_momentum=bn_momentum,
+            groups=group_count,
+            width_per_group=width_per_group,
         )
     except ValueError as e:
         raise ConversionError([str(e)], "not a supported ResNet") from None
@@ -281,8 +320,26 @@ def infer_config(
     return config
 
 
+def _variant_keys(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """What marks a state_dict as a ResNet variant torchvision does not build (timm's deep stem, avg-down
+    shortcut), naming the keys that show it. (Other extra modules, e.g. squeeze-excitation, are listed as
+    unexpected keys by the key-by-key check.)"""
+    problems = []
+    deep_stem = sorted(k for k in shapes if re.match(r"^conv1\.\d+\.", k))
+    if deep_stem:
+        problems.append(f"a deep stem ({', '.join(deep_stem[:4])}{', ...' if len(deep_stem) > 4 else ''}): timm's "
+                        "*c / *d / *s / *t variants (e.g. resnet50d); only torchvision's 7x7 stem 'conv1.weight' "
+                        "is supported")
+    avg_down = sorted(k for k in shapes if re.match(r"^layer\d+\.\d+\.downsample\.2\.", k))
+    if avg_down:
+        problems.append(f"an average-pool shortcut ({', '.join(avg_down[:3])}{', ...' if len(avg_down) > 3 else ''}: "
+                        "the conv in downsample.1, its BatchNorm in downsample.2): timm's avg_down (*d variants); "
+                        "torchvision's shortcut is downsample.0 conv + downsample.1 BatchNorm")
+    return problems
+
+
 def _config_differences(found: ResNetConfig, wanted: ResNetConfig) -> list[str]:
-    fields = ("block", "stage_sizes", "widths", "in_channels", "heads")
+    fields = ("block", "stage_sizes", "widths", "in_channels", "heads", "groups", "width_per_group")
     # Head order is not a property of the weights (see infer_config); the requested config's order is used.
     same = lambda f, a, b: dict(a) == dict(b) if f == "heads" else a == b  # noqa: E731
     return [

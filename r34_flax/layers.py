@@ -34,18 +34,23 @@ def conv(
     kernel_size: int,
     stride: int,
     *,
+    groups: int = 1,
+    dilation: int = 1,
     dtype: DTypeLike | None,
     param_dtype: DTypeLike,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
-    """Bias-free conv with torch's symmetric padding k // 2 ('SAME' would pad (0, 1) at stride 2 on even inputs)."""
-    pad = kernel_size // 2
+    """Bias-free conv with torch's symmetric padding dilation * (k // 2) ('SAME' would pad (0, 1) at stride 2 on
+    even inputs); `groups` as torch's (kernel (k, k, in / groups, out), the layout torch's converts to)."""
+    pad = dilation * (kernel_size // 2)
     return nnx.Conv(
         in_features,
         out_features,
         kernel_size=(kernel_size, kernel_size),
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
+        kernel_dilation=(dilation, dilation),
+        feature_group_count=groups,
         use_bias=False,
         dtype=dtype,
         param_dtype=param_dtype,

@@ -68,7 +68,62 @@ class BasicBlock(nnx.Module):
         return out
 
 
-BLOCKS: dict[str, type[nnx.Module]] = {"basic": BasicBlock}
+class Bottleneck(nnx.Module):
+    """torchvision's Bottleneck (ResNet V1.5): the stride, groups and dilation are on conv2, the 3x3."""
+
+    def __init__(
+        self,
+        spec: BlockSpec,
+        config: ResNetConfig,
+        *,
+        dtype: DTypeLike | None,
+        param_dtype: DTypeLike,
+        rngs: nnx.Rngs,
+    ) -> None:
+        dt = dict(dtype=dtype, param_dtype=param_dtype)
+        bn = dict(eps=config.bn_eps, momentum=config.bn_momentum, **dt)
+        self.conv1 = conv(spec.in_channels, spec.width, 1, 1, rngs=rngs, **dt)
+        self.bn1 = BatchNorm(spec.width, **bn)
+        self.conv2 = conv(spec.width, spec.width, 3, spec.stride, groups=spec.groups, dilation=spec.dilation,
+                          rngs=rngs, **dt)
+        self.bn2 = BatchNorm(spec.width, **bn)
+        self.conv3 = conv(spec.width, spec.out_channels, 1, 1, rngs=rngs, **dt)
+        self.bn3 = BatchNorm(spec.out_channels, zero_scale=config.zero_init_residual, **bn)
+        self.downsample = (
+            Sequential(
+                [
+                    conv(spec.in_channels, spec.out_channels, 1, spec.stride, rngs=rngs, **dt),
+                    BatchNorm(spec.out_channels, **bn),
+                ]
+            )
+            if spec.downsample
+            else None
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        identity = x
+
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = nnx.relu(out)
+
+        out = self.conv2(out)
+        out = self.bn2(out)
+        out = nnx.relu(out)
+
+        out = self.conv3(out)
+        out = self.bn3(out)
+
+        if self.downsample is not None:
+            identity = self.downsample(x)
+
+        out = out + identity
+        out = nnx.relu(out)
+
+        return out
+
+
+BLOCKS: dict[str, type[nnx.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNet(nnx.Module):

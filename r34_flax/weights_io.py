@@ -24,7 +24,7 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 
-from r34.config import ResNetConfig, preset_name
+from r34.config import ResNetConfig, body_name, preset_name
 from r34_flax.checkpoint import is_checkpoint_dir, read_model_checkpoint
 from r34_flax.conversion import (
     COUNT,
@@ -236,9 +236,13 @@ def write_torch_weights(dst: str | Path, state_dict: Mapping[str, torch.Tensor],
 
 def _describe(config: ResNetConfig) -> str:
     name = preset_name(config.replace(bn_eps=1e-5, bn_momentum=0.1))
+    body = body_name(config)
     heads = ", ".join(f"{n}={c}" for n, c in config.heads)
-    return (f"{name or 'custom'} (block={config.block}, stages={config.stage_sizes}, widths={config.widths}, "
-            f"in_channels={config.in_channels}, heads: {heads}); {parameter_count(config):,} parameters")
+    grouped = (f", groups={config.groups}, width_per_group={config.width_per_group}"
+               if config.block == "bottleneck" else "")
+    return (f"{name or (f'{body} body' if body else 'custom')} (block={config.block}, stages={config.stage_sizes}, "
+            f"widths={config.widths}{grouped}, in_channels={config.in_channels}, heads: {heads}); "
+            f"{parameter_count(config):,} parameters")
 
 
 def convert_to_flax(src: str | Path, dst: str | Path, config: ResNetConfig | None = None,

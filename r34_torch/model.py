@@ -8,8 +8,9 @@ from torch import Tensor, nn
 from r34.config import BlockSpec, ResNetConfig
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation, groups=groups,
+                     bias=False, dilation=dilation)
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -54,7 +55,53 @@ class BasicBlock(nn.Module):
         return out
 
 
-BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock}
+class Bottleneck(nn.Module):
+    """torchvision's Bottleneck (ResNet V1.5): the stride, groups and dilation are on conv2, the 3x3."""
+
+    def __init__(self, spec: BlockSpec, config: ResNetConfig) -> None:
+        super().__init__()
+        eps, momentum = config.bn_eps, config.bn_momentum
+        self.conv1 = conv1x1(spec.in_channels, spec.width)
+        self.bn1 = nn.BatchNorm2d(spec.width, eps=eps, momentum=momentum)
+        self.conv2 = conv3x3(spec.width, spec.width, spec.stride, spec.groups, spec.dilation)
+        self.bn2 = nn.BatchNorm2d(spec.width, eps=eps, momentum=momentum)
+        self.conv3 = conv1x1(spec.width, spec.out_channels)
+        self.bn3 = nn.BatchNorm2d(spec.out_channels, eps=eps, momentum=momentum)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if spec.downsample:
+            self.downsample = nn.Sequential(
+                conv1x1(spec.in_channels, spec.out_channels, spec.stride),
+                nn.BatchNorm2d(spec.out_channels, eps=eps, momentum=momentum),
+            )
+
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x
+
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu(out)
+
+        out = self.conv2(out)
+        out = self.bn2(out)
+        out = self.relu(out)
+
+        out = self.conv3(out)
+        out = self.bn3(out)
+
+        if self.downsample is not None:
+            identity = self.downsample(x)
+
+        out += identity
+        out = self.relu(out)
+
+        return out
+
+
+BLOCKS: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNet(nn.Module):
