@@ -81,6 +81,10 @@ def test_config_dict_round_trip_and_errors() -> None:
         data["depth"] = 34
         del data["bn_eps"]
         ResNetConfig.from_dict(data)
+    # A config stored before the Bottleneck family's fields existed (round-1 files) still reads.
+    old = {k: v for k, v in get_preset("resnet34").to_dict().items()
+           if k not in ("groups", "width_per_group", "replace_stride_with_dilation")}
+    assert ResNetConfig.from_dict(old) == get_preset("resnet34")
 
 
 def test_bottleneck_blocks_follow_torchvisions_make_layer() -> None:

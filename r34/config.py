@@ -28,6 +28,10 @@ class BlockSpec(NamedTuple):
     dilation: int = 1  # of that 3x3 convolution, whose padding equals it
 
 
+# Fields added with the Bottleneck family: optional in stored configs (see ResNetConfig.from_dict).
+FAMILY_FIELDS = ("groups", "width_per_group", "replace_stride_with_dilation")
+
+
 @dataclasses.dataclass(frozen=True)
 class ResNetConfig:
     """Architecture of a torchvision-style ResNet.
@@ -178,16 +182,17 @@ class ResNetConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "ResNetConfig":
-        """Inverse of `to_dict`; unknown or missing fields are a clear error."""
+        """Inverse of `to_dict`; unknown or missing fields are a clear error, except the fields added with the
+        Bottleneck family, which files written before them lack (their defaults are what those files meant)."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        unknown, missing = sorted(set(data) - fields), sorted(fields - set(data))
+        unknown, missing = sorted(set(data) - fields), sorted(fields - set(data) - set(FAMILY_FIELDS))
         if unknown or missing:
             raise ValueError(f"invalid ResNetConfig data: unknown fields {unknown}, missing fields {missing}")
         values = dict(data)
         values["stage_sizes"] = tuple(values["stage_sizes"])
         values["widths"] = tuple(values["widths"])
         values["heads"] = tuple((str(name), int(n)) for name, n in values["heads"])
-        values["replace_stride_with_dilation"] = tuple(bool(d) for d in values["replace_stride_with_dilation"])
+        values["replace_stride_with_dilation"] = tuple(bool(d) for d in values.get("replace_stride_with_dilation", ()))
         return cls(**values)
 
 
