@@ -13,6 +13,17 @@ from r34_flax.precision import use_full_precision
 use_full_precision()
 
 
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start the accelerator extras' resolution (network-bound) as soon as it is known to be selected."""
+    if any(item.originalname == "test_accelerator_extras_resolve" for item in items):
+        import tempfile
+
+        from parity_tests.test_install_extras import Resolution
+
+        config.extras_resolution = Resolution(Path(tempfile.mkdtemp(prefix="r34-extras-")))
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     """Float32 figures depend on the CPU's kernels: every run says which CPU its figures come from."""
     import jax

@@ -54,8 +54,8 @@ def test_bad_cases_are_refused(argv: list[str], message: str, capsys: pytest.Cap
 
 
 def test_unknown_preset_is_refused(capsys: pytest.CaptureFixture) -> None:
-    assert bench.main(["--preset", "resnet50"]) == 2
-    assert "unknown preset 'resnet50'" in capsys.readouterr().err
+    assert bench.main(["--preset", "resnet51"]) == 2
+    assert "unknown preset 'resnet51'" in capsys.readouterr().err
 
 
 def test_pipeline_benchmark_runs_both_pipelines_and_writes_json(tmp_path: Path) -> None:

@@ -17,6 +17,6 @@ def test_demo_reports_matching_logits(capsys: pytest.CaptureFixture) -> None:
 
 def test_demo_rejects_unknown_preset(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as e:
-        demo.main(["--preset", "resnet50"])
+        demo.main(["--preset", "resnet51"])
     assert e.value.code == 2
-    assert "invalid choice: 'resnet50'" in capsys.readouterr().err
+    assert "invalid choice: 'resnet51'" in capsys.readouterr().err

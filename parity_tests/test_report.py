@@ -69,9 +69,9 @@ def test_weights_file_and_train_mode(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_bad_input_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "r50.pth")
-    assert report.main(["--weights", str(tmp_path / "r50.pth")]) == report.EXIT_BAD_INPUT
-    assert "Bottleneck blocks" in capsys.readouterr().err
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), tmp_path / "mobilenet.pth")
+    assert report.main(["--weights", str(tmp_path / "mobilenet.pth")]) == report.EXIT_BAD_INPUT
+    assert "not a ResNet" in capsys.readouterr().err
     assert report.main(["--preset", "tiny", "--size", "0"]) == report.EXIT_BAD_INPUT
     assert report.main(["--preset", "tiny", "--plot", str(tmp_path / "x.jpg")]) == report.EXIT_BAD_INPUT
     assert "expected a .png" in capsys.readouterr().err

@@ -349,8 +349,8 @@ def test_workdir_of_another_configuration_is_refused(reference: Path, data_dir: 
 
 def test_unknown_preset_is_refused(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as e:
-        loop_flax.main(["--preset", "resnet50"])
-    assert e.value.code == 2 and "invalid choice: 'resnet50'" in capsys.readouterr().err
+        loop_flax.main(["--preset", "resnet51"])
+    assert e.value.code == 2 and "invalid choice: 'resnet51'" in capsys.readouterr().err
 
 
 def test_bfloat16_run_exports_weights_that_torch_scores_like_flax_float32(data_dir: Path, init_file: Path,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from r34.config import ResNetConfig
+from r34.config import BODY_FIELDS, ResNetConfig
 from r34_flax.conversion import FlatState, conversion_table, torch_to_flax
 from r34_flax.weights_io import SAFETENSORS, is_flax_file, read_flax_weights, read_torch_weights
 from train.data.pipeline import DatasetSpec
@@ -47,8 +47,7 @@ def read_init_weights(path: Path, config: ResNetConfig, init: FlatState, heads_r
     else:
         state_dict, notes = read_torch_weights(path)
         found, flat = torch_to_flax(state_dict)
-    body = ("block", "stage_sizes", "widths")
-    wrong = [f"{f}={getattr(found, f)!r} (this run: {getattr(config, f)!r})" for f in body
+    wrong = [f"{f}={getattr(found, f)!r} (this run: {getattr(config, f)!r})" for f in BODY_FIELDS
              if getattr(found, f) != getattr(config, f)]
     if wrong:
         raise ConfigError(f"--init-from {path}: the body is another architecture: " + ", ".join(wrong))
