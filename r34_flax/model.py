@@ -21,6 +21,20 @@ class Sequential(nnx.List):
         return x
 
 
+def downsample(spec: BlockSpec, config: ResNetConfig, *, dtype: DTypeLike | None, param_dtype: DTypeLike,
+               rngs: nnx.Rngs) -> Sequential | None:
+    """The projection shortcut (1x1 conv with the block's stride + BatchNorm) where the identity cannot be added."""
+    if not spec.downsample:
+        return None
+    dt = dict(dtype=dtype, param_dtype=param_dtype)
+    return Sequential(
+        [
+            conv(spec.in_channels, spec.out_channels, 1, spec.stride, rngs=rngs, **dt),
+            BatchNorm(spec.out_channels, eps=config.bn_eps, momentum=config.bn_momentum, **dt),
+        ]
+    )
+
+
 class BasicBlock(nnx.Module):
     def __init__(
         self,
@@ -38,16 +52,7 @@ class BasicBlock(nnx.Module):
         self.conv2 = conv(spec.width, spec.out_channels, 3, 1, rngs=rngs, **dt)
         self.bn2 = BatchNorm(spec.out_channels, zero_scale=config.zero_init_residual, **bn)
         # Assigned once: NNX fixes an attribute as data or static on first assignment.
-        self.downsample = (
-            Sequential(
-                [
-                    conv(spec.in_channels, spec.out_channels, 1, spec.stride, rngs=rngs, **dt),
-                    BatchNorm(spec.out_channels, **bn),
-                ]
-            )
-            if spec.downsample
-            else None
-        )
+        self.downsample = downsample(spec, config, rngs=rngs, **dt)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         identity = x
@@ -89,16 +94,7 @@ class Bottleneck(nnx.Module):
         self.bn2 = BatchNorm(spec.width, **bn)
         self.conv3 = conv(spec.width, spec.out_channels, 1, 1, rngs=rngs, **dt)
         self.bn3 = BatchNorm(spec.out_channels, zero_scale=config.zero_init_residual, **bn)
-        self.downsample = (
-            Sequential(
-                [
-                    conv(spec.in_channels, spec.out_channels, 1, spec.stride, rngs=rngs, **dt),
-                    BatchNorm(spec.out_channels, **bn),
-                ]
-            )
-            if spec.downsample
-            else None
-        )
+        self.downsample = downsample(spec, config, rngs=rngs, **dt)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         identity = x

@@ -17,6 +17,16 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
+def downsample(spec: BlockSpec, config: ResNetConfig) -> nn.Sequential | None:
+    """The projection shortcut (1x1 conv with the block's stride + BatchNorm) where the identity cannot be added."""
+    if not spec.downsample:
+        return None
+    return nn.Sequential(
+        conv1x1(spec.in_channels, spec.out_channels, spec.stride),
+        nn.BatchNorm2d(spec.out_channels, eps=config.bn_eps, momentum=config.bn_momentum),
+    )
+
+
 class BasicBlock(nn.Module):
     def __init__(self, spec: BlockSpec, config: ResNetConfig) -> None:
         super().__init__()
@@ -26,12 +36,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(spec.width, spec.out_channels)
         self.bn2 = nn.BatchNorm2d(spec.out_channels, eps=eps, momentum=momentum)
-        self.downsample = None
-        if spec.downsample:
-            self.downsample = nn.Sequential(
-                conv1x1(spec.in_channels, spec.out_channels, spec.stride),
-                nn.BatchNorm2d(spec.out_channels, eps=eps, momentum=momentum),
-            )
+        self.downsample = downsample(spec, config)
 
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn2
@@ -68,12 +73,7 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(spec.width, spec.out_channels)
         self.bn3 = nn.BatchNorm2d(spec.out_channels, eps=eps, momentum=momentum)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = None
-        if spec.downsample:
-            self.downsample = nn.Sequential(
-                conv1x1(spec.in_channels, spec.out_channels, spec.stride),
-                nn.BatchNorm2d(spec.out_channels, eps=eps, momentum=momentum),
-            )
+        self.downsample = downsample(spec, config)
 
     def last_bn(self) -> nn.BatchNorm2d:
         return self.bn3
