@@ -21,7 +21,7 @@ import torch
 from flax import nnx, traverse_util
 from jax.typing import DTypeLike
 
-from r34.config import BLOCK_EXPANSION, PRESETS, BlockSpec, ResNetConfig
+from r34.config import BLOCK_EXPANSION, BODY_FIELDS, PRESETS, BlockSpec, ResNetConfig
 from r34_flax.model import ResNet
 
 FlaxPath = tuple[str | int, ...]
@@ -339,7 +339,7 @@ def _variant_keys(shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
 
 
 def _config_differences(found: ResNetConfig, wanted: ResNetConfig) -> list[str]:
-    fields = ("block", "stage_sizes", "widths", "in_channels", "heads", "groups", "width_per_group")
+    fields = BODY_FIELDS + ("in_channels", "heads")
     # Head order is not a property of the weights (see infer_config); the requested config's order is used.
     same = lambda f, a, b: dict(a) == dict(b) if f == "heads" else a == b  # noqa: E731
     return [

@@ -95,14 +95,17 @@ def setup(args: argparse.Namespace) -> Run:
     return Run(**{f.name: getattr(plan, f.name) for f in dataclasses.fields(Plan)}, devices=devices, dtype=dtype)
 
 
-def initial_model(run: Run) -> tuple[ResNet, list[str]]:
+def initial_model(run: Run, weights: Path | None = None, heads_required: bool = False) -> tuple[ResNet, list[str]]:
+    """A fresh model, with the body (and, with `heads_required`, all heads) of `weights` (default --init-from)."""
     model = resnet(run.config, seed=run.args.seed, dtype=run.dtype)
-    if run.args.init_from is None:
+    weights = weights or run.args.init_from
+    if weights is None:
         return model, []
     try:
-        flat, notes = read_init_weights(run.args.init_from, run.config, flax_state(model))
+        flat, notes = read_init_weights(weights, run.config, flax_state(model), heads_required)
     except ConversionError as e:
-        raise ConfigError(f"--init-from {run.args.init_from}: {e}") from None
+        flag = "--init-from" if run.args.init_from else "--eval-only"
+        raise ConfigError(f"{flag} {weights}: {e}") from None
     return flax_model(run.config, flat, dtype=run.dtype), notes
 
 
@@ -238,12 +241,7 @@ def eval_only(run: Run, mesh: jax.sharding.Mesh, shard: pipeline.Sharding) -> di
     if run.args.init_from is None and not weights.is_dir():
         raise ConfigError(f"--eval-only scores --init-from WEIGHTS or the workdir's checkpoints; {weights} does "
                           "not exist")
-    fresh = resnet(run.config, seed=run.args.seed, dtype=run.dtype)
-    try:
-        flat, _ = read_init_weights(weights, run.config, flax_state(fresh), heads_required=True)
-    except ConversionError as e:
-        raise ConfigError(f"--eval-only {weights}: {e}") from None
-    model = flax_model(run.config, flat, dtype=run.dtype)
+    model, _ = initial_model(run, weights, heads_required=True)
     model.eval()
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     replicated = NamedSharding(mesh, PartitionSpec())

@@ -31,13 +31,13 @@ def to_torch_batch(batch: dict, table: np.ndarray) -> tuple[torch.Tensor, dict[s
     return images, {k: torch.from_numpy(v.astype(np.int64)) for k, v in batch["labels"].items()}
 
 
-def initial_model(plan: Plan) -> tuple[torch.nn.Module, list[str]]:
+def initial_model(plan: Plan, heads_required: bool = False) -> tuple[torch.nn.Module, list[str]]:
     torch.manual_seed(plan.args.seed)
     model = torch_resnet(plan.config)
     if plan.args.init_from is None:
         return model, []
     _, init = torch_to_flax(model.state_dict(), plan.config)
-    flat, notes = read_init_weights(plan.args.init_from, plan.config, init)
+    flat, notes = read_init_weights(plan.args.init_from, plan.config, init, heads_required)
     model.load_state_dict(flax_to_torch(flat, plan.config), strict=True)
     return model, notes
 
@@ -45,9 +45,10 @@ def initial_model(plan: Plan) -> tuple[torch.nn.Module, list[str]]:
 def evaluate(plan: Plan, model: torch.nn.Module) -> dict[str, float]:
     model.eval()
     acc = metrics_lib.EvalAccumulator()
+    table = normalization_table(plan.spec)
     with torch.no_grad():
         for batch in pipeline.eval_batches(plan.sources["eval"], plan.spec, plan.args.batch_size):
-            images, _ = to_torch_batch(batch, normalization_table(plan.spec))
+            images, _ = to_torch_batch(batch, table)
             for head, logits in heads_of(model(images), plan.config).items():
                 top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices.numpy()
                 y = batch["labels"][head]
@@ -58,8 +59,7 @@ def evaluate(plan: Plan, model: torch.nn.Module) -> dict[str, float]:
 
 def eval_only(plan: Plan) -> dict[str, Any]:
     """Score --init-from's weights (else the workdir's checkpoint.pth) on the eval split; no training."""
-    torch.manual_seed(plan.args.seed)
-    model = torch_resnet(plan.config)
+    model, _ = initial_model(plan, heads_required=True)
     weights = plan.args.init_from
     if weights is None:
         weights = plan.workdir / "checkpoint.pth"
@@ -67,10 +67,6 @@ def eval_only(plan: Plan) -> dict[str, Any]:
             raise ConfigError(f"--eval-only scores --init-from WEIGHTS or the workdir's checkpoint; {weights} does "
                               "not exist")
         model.load_state_dict(torch.load(weights, weights_only=True)["model"], strict=True)
-    else:
-        _, init = torch_to_flax(model.state_dict(), plan.config)
-        flat, _ = read_init_weights(weights, plan.config, init, heads_required=True)
-        model.load_state_dict(flax_to_torch(flat, plan.config), strict=True)
     return eval_only_lib.report(plan, evaluate(plan, model), weights, "torch", "float32")
 
 
