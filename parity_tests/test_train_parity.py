@@ -59,7 +59,12 @@ CASES = {
     "tiny_grapheme@64": (TINY_GRAPHEME, 64),
     "resnet18": (get_preset("resnet18"), 64),
     "grapheme34": (get_preset("grapheme34"), 64),
+    # The Bottleneck family (issue 15), float64 only: plain (resnet50) and grouped (resnext50_32x4d) Bottlenecks,
+    # at 32 px, where a 50-layer body's float64 train step compiles and runs in seconds.
+    "resnet50": (get_preset("resnet50"), 32),
+    "resnext50_32x4d": (get_preset("resnext50_32x4d"), 32),
 }
+BOTTLENECK_CASES = ["resnet50", "resnext50_32x4d"]
 FULL = pytest.param("resnet34_224", marks=pytest.mark.slow)
 CASES["resnet34_224"] = (get_preset("resnet34"), 224)
 
@@ -121,7 +126,8 @@ def check_train_mode(case: str, dtype: str, rounding: Rounding = DEFAULT, bug: B
 
 
 @pytest.mark.parametrize("case, dtype, rounding", with_roundings(["tiny", "tiny_grapheme", "grapheme34"], BOTH_SIDES)
-                         + with_roundings([FULL], ["default"]))
+                         + with_roundings([FULL], ["default"])
+                         + [pytest.param(case, "float64", "default") for case in BOTTLENECK_CASES])
 def test_train_mode_forward_and_batchnorm_state(case: str, dtype: str, rounding: str) -> None:
     worst_logits, worst_state = check_train_mode(case, dtype, ROUNDINGS[rounding])
     print(f"\n{case} {dtype} ({rounding}): train-mode logits rel {worst_logits:.2e}, BN running stats rel "
@@ -134,7 +140,7 @@ def test_train_mode_forward_and_batchnorm_state(case: str, dtype: str, rounding:
 # likewise). That is a discontinuity of float32 arithmetic, not a port error; float64 proves the function. The
 # float32 cases are checked for such near-ties: see gradient_sibling_gap.
 GRADIENT_CASES = with_roundings(["tiny@64", "tiny_grapheme@64"], BOTH_SIDES)
-GRADIENT_CASES += [pytest.param(case, "float64", "default") for case in ("resnet18", "grapheme34")]
+GRADIENT_CASES += [pytest.param(case, "float64", "default") for case in ("resnet18", "grapheme34", *BOTTLENECK_CASES)]
 GRADIENT_CASES += [pytest.param("resnet34_224", "float64", "default", marks=pytest.mark.slow)]
 
 
@@ -199,6 +205,8 @@ RECIPES = {
 # the float64 run itself is chaotic (see tolerances.F32_TRAJECTORY_*): a 1e-6 relative nudge of the weights moved
 # the loss by 1e-1 within 9 steps.
 TRAJECTORY_SIZE = 64
+# The Bottleneck bodies' float64 trajectories run at their CASES size (32 px): float64 has no near-ties to avoid.
+TRAJECTORY_SIZES = {case: CASES[case][1] for case in BOTTLENECK_CASES}
 TRAJECTORY_BATCH = 8
 # Weights of seed 1: with seed 5 (used before), tiny AdamW's first step already depended on a ReLU near-tie (layer4
 # gradients of ~1e-10 behind a barely-live channel, which Adam scales up to O(lr) updates): 0 conditioned steps.
@@ -221,16 +229,17 @@ def trajectories(case: str, optimizer: str, dtype: str, rounding: str = "default
     """run_trajectories for a named case, recipe and rounding, run once per session: the float64 run is both a test
     of its own and the float32 test's referee."""
     config, _ = CASES[case]
-    return run_trajectories(config, RECIPES[optimizer], dtype, ROUNDINGS[rounding])
+    size = TRAJECTORY_SIZES.get(case, TRAJECTORY_SIZE)
+    return run_trajectories(config, RECIPES[optimizer], dtype, ROUNDINGS[rounding], size=size)
 
 
 def run_trajectories(config: ResNetConfig, recipe: Recipe, dtype: str, rounding: Rounding = DEFAULT,
-                     bug: Bug = NO_BUG) -> Trajectory:
-    """Both trainers for TRAJECTORY_STEPS steps from identical weights on identical batches."""
+                     bug: Bug = NO_BUG, size: int = TRAJECTORY_SIZE) -> Trajectory:
+    """Both trainers for TRAJECTORY_STEPS steps from identical weights on identical batches of `size` px."""
     with precision(dtype), rounding.applied(), bug.applied():
         ref, model = twins(config, dtype, TRAJECTORY_SEEDS[0], rounding=rounding)
         bug.edit(model)
-        batches = make_batches(config, TRAJECTORY_STEPS, TRAJECTORY_BATCH, TRAJECTORY_SIZE, dtype, TRAJECTORY_SEEDS[1],
+        batches = make_batches(config, TRAJECTORY_STEPS, TRAJECTORY_BATCH, size, dtype, TRAJECTORY_SEEDS[1],
                                rounding=rounding)
         losses_ref, states_ref, lrs = torch_trajectory(ref, recipe, batches)
         tx = optim_flax.make_optimizer(recipe)
@@ -315,6 +324,7 @@ def check_trajectory(case: str, optimizer: str, trajectory: Trajectory, dtype: s
 TRAJECTORY_CASES = [pytest.param(case, optimizer, dtype, rounding)
                     for case in ("tiny", "tiny_grapheme") for optimizer in RECIPES
                     for _, dtype, rounding in (p.values for p in with_roundings([case], FLAX_SIDE))]
+TRAJECTORY_CASES += [pytest.param(case, "sgd", "float64", "default") for case in BOTTLENECK_CASES]
 
 
 @pytest.mark.parametrize("case, optimizer, dtype, rounding", TRAJECTORY_CASES)

@@ -101,4 +101,5 @@ def nudge_(tensors: list[torch.Tensor], relative: float, seed: int) -> None:
     rng = np.random.default_rng(seed)
     with torch.no_grad():
         for tensor in tensors:
-            tensor.mul_(torch.from_numpy(1 + relative * rng.choice([-1.0, 1.0], tensor.shape)))
+            signs = rng.integers(0, 2, tensor.shape, dtype=np.int8) * 2 - 1  # 20x faster than choice: 127M weights
+            tensor.mul_(torch.from_numpy(1 + relative * signs.astype(np.float64)))
