@@ -4,13 +4,17 @@
   python -m parity_tests.report --weights my_resnet.pth --dtype float64 --plot errors.png
 
 Prints each module's max |d| and max |d| / max |ref| in execution order and names the first module above
-tolerance. Exit status: 0 all within tolerance, 1 a module diverges, 2 bad input.
+tolerance. The reference is the torch twin in float64, also for a float32 Flax run (the same weights and input,
+exactly): the suite's float32 bounds hold one float32 implementation to the exact result (tolerances.F32_REL);
+twin against twin would add torch's own float32 error. Exit status: 0 all within tolerance, 1 a module diverges,
+2 bad input.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import sys
 from collections.abc import Iterator
@@ -112,13 +116,14 @@ def flax_outputs(model: ResNet, x: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def compare(reference: torch.nn.Module, candidate: ResNet, x: np.ndarray, dtype: str, mode: str) -> list[Row]:
-    """Rows for every module both twins have, in torch's execution order."""
+    """Rows for every module both twins have, in torch's execution order. `x` is the candidate's input; the
+    reference runs it in its own dtype (float64 for a float32 candidate: the same values, exactly)."""
     reference.train(mode == "train")
     if mode == "train":
         candidate.train()
     else:
         candidate.eval()
-    ref = torch_outputs(reference, torch.from_numpy(x))
+    ref = torch_outputs(reference, torch.from_numpy(x).to(next(reference.parameters()).dtype))
     got = flax_outputs(candidate, x)
     rows = []
     for name, r in ref.items():
@@ -209,12 +214,14 @@ def main(argv: list[str] | None = None) -> int:
             candidate = from_torch(reference.state_dict(), reference.config)
             channels = reference.config.in_channels
             x = np.random.default_rng(args.seed).standard_normal((args.batch, channels, args.size, args.size))
-            rows = compare(reference, candidate, x.astype(args.dtype), args.dtype, args.mode)
+            referee = copy.deepcopy(reference).double()  # the exact result of these weights (module docstring)
+            rows = compare(referee, candidate, x.astype(args.dtype), args.dtype, args.mode)
     except (ConversionError, ValueError, RuntimeError) as e:  # bad weights; input too small for the network
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     source = args.weights or f"preset {args.preset}, seed {args.seed}"
-    print(f"{source}: {args.mode} mode, {args.dtype}, input {args.batch}x{channels}x{args.size}x{args.size}")
+    print(f"{source}: {args.mode} mode, {args.dtype}, input {args.batch}x{channels}x{args.size}x{args.size}; "
+          f"reference: the torch twin in float64")
     print(f"CPU: {cpu_description()}")
     print(render(rows))
     bad = [r for r in rows if not r.ok]

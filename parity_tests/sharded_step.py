@@ -28,8 +28,10 @@ from train.recipe import Recipe
 from train.step_flax import data_mesh, init_train_state, make_train_step, shard_batch
 
 STEPS = 3
-# The comparison holds for other roundings of the same steps too (parity_tests/roundings.py).
-SHARDED_ROUNDINGS = ("default", "xla_conv", "ulp")
+# The comparison holds for another rounding of the same steps too (parity_tests/roundings.py): 1-ulp nudged weights.
+# XLA's own convolution (xla_conv) is left to the single-device checks, for suite time: sharding changes the order of
+# the BatchNorm and gradient reductions, not the convolutions (measured under it: 2.2e-6 to 2.6e-6, tolerances.py).
+SHARDED_ROUNDINGS = ("default", "ulp")
 
 
 def run(devices: list, spec, source, rounding: Rounding) -> dict:

@@ -6,12 +6,13 @@ from parity_tests.tolerances import F32_REL
 from r34_flax import demo
 
 
-def test_demo_reports_matching_logits(capsys: pytest.CaptureFixture) -> None:
-    assert demo.main(["--preset", "tiny", "--size", "32"]) == 0
+@pytest.mark.parametrize("preset", ["tiny", "tiny_bottleneck"])  # the smallest BasicBlock and Bottleneck bodies
+def test_demo_reports_matching_logits(preset: str, capsys: pytest.CaptureFixture) -> None:
+    assert demo.main(["--preset", preset, "--size", "32"]) == 0
     out = capsys.readouterr().out
     assert "round trip bit-identical           True" in out
     assert "logits argmax equal                True" in out
-    result = demo.run("tiny", 32, 2, False, 0)
+    result = demo.run(preset, 32, 2, False, 0)
     assert result["logits rel"] <= F32_REL
 
 

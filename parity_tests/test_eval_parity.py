@@ -1,8 +1,8 @@
 """Eval-mode parity of the twins with the same converted weights and randomised BatchNorm state.
 
 Every stage (stem, layer1..4, pooled features) and every head is compared, so a failure names the first stage
-that diverges. Sizes: 224 and 225 (odd sizes hide 'SAME'-padding bugs, even sizes expose them) and a small
-even size; the two full sizes are marked slow.
+that diverges. Sizes: 224 and 225 (odd sizes hide 'SAME'-padding bugs, even sizes expose them), marked slow, and
+a small even size for grapheme34; every torchvision builder at small odd and even sizes is in test_family_parity.py.
 """
 
 from __future__ import annotations
@@ -28,8 +28,11 @@ from r34_flax import from_torch
 
 BATCH = 2
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
-SIZES = [pytest.param(224, marks=pytest.mark.slow), pytest.param(225, marks=pytest.mark.slow), 64]
-PRESETS = ["resnet34", "resnet18", "grapheme34"]
+# Full size (slow): ResNet-34, the heart, and grapheme34 (1 channel, three heads) at 224 and 225; grapheme34 also at
+# 64 for quick runs. Small odd and even sizes of every torchvision builder (resnet18 and resnet34 included) are in
+# test_family_parity.py.
+CASES = [pytest.param(preset, size, marks=pytest.mark.slow) for preset in ("resnet34", "grapheme34")
+         for size in (224, 225)] + [("grapheme34", 64)]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +71,7 @@ def run_twins(preset: str, size: int, dtype: str, cache: dict, seed: int = 0,
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset, size", CASES)
 def test_eval_logits_and_stages_match(preset: str, size: int, dtype: str, torch_models: dict) -> None:
     ref, got, exact = run_twins(preset, size, dtype, torch_models)
     assert_stages_match(exact, got, dtype)
