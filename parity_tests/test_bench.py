@@ -23,6 +23,17 @@ def test_resnet34_forward_flops_match_the_published_figure() -> None:
     assert 1.81e9 <= bench.forward_flops(get_preset("resnet18"), 224) / 2 <= 1.83e9
 
 
+# torchvision's model cards, GFLOPS (multiply-adds) at 224: the Bottleneck's 1x1-3x3-1x1 with groups.
+PUBLISHED_GMACS = {"resnet50": 4.09, "resnet101": 7.80, "resnet152": 11.51, "resnext50_32x4d": 4.23,
+                   "resnext101_32x8d": 16.41, "resnext101_64x4d": 15.46, "wide_resnet50_2": 11.40,
+                   "wide_resnet101_2": 22.75}
+
+
+@pytest.mark.parametrize("name", PUBLISHED_GMACS)
+def test_bottleneck_forward_flops_match_the_published_figures(name: str) -> None:
+    assert bench.forward_flops(get_preset(name), 224) / 2 / 1e9 == pytest.approx(PUBLISHED_GMACS[name], abs=0.005)
+
+
 def test_a_small_run_writes_the_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench.json"
     cache_dir = jax.config.jax_compilation_cache_dir

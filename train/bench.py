@@ -52,17 +52,21 @@ def forward_flops(config: ResNetConfig, size: int) -> int:
     """FLOPs (2 x multiply-adds) of convolutions and heads for one `size` x `size` image; BatchNorm, ReLU and
     pooling are left out, as in the usual ResNet-34 figure of 3.6 GMAC at 224."""
 
-    def conv(h: int, k: int, stride: int, c_in: int, c_out: int) -> tuple[int, int]:
-        out = (h + 2 * (k // 2) - k) // stride + 1
-        return out, 2 * out * out * k * k * c_in * c_out
+    def conv(h: int, k: int, stride: int, c_in: int, c_out: int, groups: int = 1) -> tuple[int, int]:
+        out = (h - 1) // stride + 1  # padding k // 2 (dilation d: padding d), so only the stride shrinks the map
+        return out, 2 * out * out * k * k * c_in * c_out // groups
 
     h, flops = conv(size, 7, 2, config.in_channels, config.stem_width)
     h = (h + 2 - 3) // 2 + 1  # max pool 3x3, stride 2, padding 1
     for b in config.blocks():
         h_in = h
-        h, f1 = conv(h_in, 3, b.stride, b.in_channels, b.width)
-        _, f2 = conv(h, 3, 1, b.width, b.out_channels)
-        flops += f1 + f2
+        if config.block == "bottleneck":  # 1x1 in, grouped 3x3 with the stride, 1x1 out
+            _, f1 = conv(h_in, 1, 1, b.in_channels, b.width)
+            h, f2 = conv(h_in, 3, b.stride, b.width, b.width, b.groups)
+            flops += f1 + f2 + conv(h, 1, 1, b.width, b.out_channels)[1]
+        else:
+            h, f1 = conv(h_in, 3, b.stride, b.in_channels, b.width)
+            flops += f1 + conv(h, 3, 1, b.width, b.out_channels)[1]
         if b.downsample:
             flops += conv(h_in, 1, b.stride, b.in_channels, b.out_channels)[1]
     return flops + sum(2 * config.num_features * n for _, n in config.heads)
