@@ -32,7 +32,7 @@ from flax import nnx
 
 import r34_flax.conv_lowering as conv_lowering
 
-_LOWERING_THRESHOLDS = ("TINY_MAP_PIXELS", "SMALL_MAP_PIXELS", "TAPWISE_MAP_PIXELS")
+_LOWERING_THRESHOLDS = ("TINY_MAP_PIXELS", "SMALL_MAP_PIXELS", "TAPWISE_MAP_PIXELS", "TAPWISE_POINTWISE")
 
 
 @dataclasses.dataclass(frozen=True)

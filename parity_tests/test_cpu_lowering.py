@@ -34,6 +34,8 @@ CONV_CASES = [
     (2, 8, 8, 3, 4, 7, 2),
     (2, 5, 7, 3, 4, 3, 2),
     (2, 7, 7, 3, 4, 3, 1),
+    (2, 9, 9, 8, 4, 1, 1),  # 1x1 kernels take tapwise_conv at any map (TAPWISE_POINTWISE): stride 1, and 2 on
+    (2, 9, 9, 8, 4, 1, 2),  # an odd map
 ]
 
 
@@ -106,6 +108,35 @@ def test_tapwise_covers_maps_up_to_7x7() -> None:
     assert not uses_tapwise((8, 8, 8, 64), (3, 3, 64, 64), (1, 1), pad, dimension_numbers=dn)
     assert not uses_tapwise((8, 7, 7, 64), (3, 3, 64, 64), (1, 1), "SAME", dimension_numbers=dn)
     assert not uses_tapwise((8, 7, 7, 64), (3, 3, 32, 64), (1, 1), pad, dimension_numbers=dn, feature_group_count=2)
+
+
+def test_every_1x1_convolution_takes_tapwise_when_differentiated() -> None:
+    """A Bottleneck's 1x1 convolutions at any map (TAPWISE_POINTWISE), and only those: as XLA's convolution
+    forward, as one matmul when differentiated."""
+    dn = lax.conv_dimension_numbers((8, 56, 56, 64), (1, 1, 64, 256), NHWC)
+    none = ((0, 0), (0, 0))
+    assert uses_tapwise((8, 56, 56, 64), (1, 1, 64, 256), (1, 1), none, dimension_numbers=dn)
+    assert uses_tapwise((8, 56, 56, 256), (1, 1, 256, 512), (2, 2), none, dimension_numbers=dn)
+    assert not uses_patches((8, 56, 56, 64), (1, 1, 64, 256), (1, 1), none, dimension_numbers=dn)
+    assert not uses_tapwise((8, 56, 56, 64), (3, 3, 64, 64), (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+    assert not uses_tapwise((8, 56, 56, 64), (1, 1, 64, 256), (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+    assert not uses_tapwise((8, 56, 56, 64), (1, 1, 32, 256), (1, 1), none, dimension_numbers=dn,
+                            feature_group_count=2)
+
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.standard_normal((2, 10, 10, 16)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((1, 1, 16, 8)), jnp.float32)
+    for stride in (1, 2):
+        ours = jax.jit(lambda a, b, s=stride: our_conv(a, b, s, 0))
+        forward = ours(x, w)
+        differentiated, vjp = jax.vjp(ours, x, w)
+        # Bit-for-bit: which lowering ran, not only that the numbers are close.
+        np.testing.assert_array_equal(forward, jax.jit(lambda a, b, s=stride: xla_conv(a, b, s, 0))(x, w))
+        tapwise = jax.jit(lambda a, b, s=stride: tapwise_conv(a, b, (s, s), none))
+        np.testing.assert_array_equal(differentiated, tapwise(x, w))
+        want = jax.vjp(tapwise, x, w)[1](jnp.ones_like(forward))
+        for got, ref in zip(vjp(jnp.ones_like(forward)), want):
+            np.testing.assert_array_equal(got, ref)
 
 
 def test_only_small_plain_2d_maps_take_patches() -> None:

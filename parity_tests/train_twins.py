@@ -56,23 +56,40 @@ def twins(config: ResNetConfig, dtype: str, seed: int,
     return ref, from_torch(ref.state_dict(), config)
 
 
-def torch_grads(model: torch.nn.Module, batch: Batch, label_smoothing: float = 0.0) -> tuple[float, dict]:
+@dataclasses.dataclass
+class Gradients:
+    """One train-mode forward and backward: the loss, every parameter's gradient and the logits per head (torch's
+    names and layouts), and the BatchNorm running statistics that forward left (`running_*`, num_batches_tracked)."""
+
+    loss: float
+    grads: dict[str, torch.Tensor]
+    heads: dict[str, np.ndarray]
+    statistics: dict[str, torch.Tensor]
+
+
+def torch_grads(model: torch.nn.Module, batch: Batch, label_smoothing: float = 0.0) -> Gradients:
     model.train()
     model.zero_grad(set_to_none=True)
     heads = step_torch.heads_of(model(batch.torch_images), model.config)
     loss = step_torch.total_loss(heads, batch.torch_labels, label_smoothing)
     loss.backward()
-    return loss.item(), {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+    statistics = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "batches_tracked" in k}
+    return Gradients(loss.item(), {k: p.grad.detach().clone() for k, p in model.named_parameters()},
+                     {k: v.detach().numpy().copy() for k, v in heads.items()}, statistics)
 
 
-def flax_grads(model: ResNet, batch: Batch, label_smoothing: float = 0.0) -> tuple[float, dict]:
-    """(loss, gradients under torch's names and layouts) through the trainer's own loss function."""
+def flax_grads(model: ResNet, batch: Batch, label_smoothing: float = 0.0) -> Gradients:
+    """The same through the trainer's own loss function, as one jitted call (its train-mode logits and BatchNorm
+    statistics are the loss function's auxiliary outputs)."""
     graphdef, params, batch_stats = step_flax.split_model(model)
     # Jitted: one compile is faster than dispatching every primitive of the backward pass eagerly.
     grad_fn = jax.jit(jax.value_and_grad(step_flax.loss_fn, has_aux=True), static_argnums=(2, 5))
-    (loss, _), grads = grad_fn(params, batch_stats, graphdef, batch.flax_images, batch.flax_labels, label_smoothing)
-    flat = traverse_util.flatten_dict(nnx.to_pure_dict(grads))
-    return float(loss), flax_to_torch(flat, model.config, partial=True)
+    (loss, (statistics, heads)), grads = grad_fn(params, batch_stats, graphdef, batch.flax_images, batch.flax_labels,
+                                                 label_smoothing)
+    as_torch = lambda tree: flax_to_torch(traverse_util.flatten_dict(nnx.to_pure_dict(tree)), model.config,  # noqa: E731
+                                          partial=True)
+    return Gradients(float(loss), as_torch(grads), {k: np.asarray(v) for k, v in heads.items()},
+                     as_torch(statistics))
 
 
 def state_as_torch(state: step_flax.TrainState, graphdef: nnx.GraphDef) -> dict[str, torch.Tensor]:

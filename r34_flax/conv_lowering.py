@@ -17,6 +17,9 @@ reach layer3/layer4 at 1x1 to 4x4, 224 px inputs layer4 at 7x7. Two lowerings re
   so it is used through a custom JVP only when the convolution is differentiated, where its backward saves more
   than that costs. (Patches do not suffer it: XLA:CPU does not fuse their concatenate.)
 
+Training also takes `tapwise_conv` for every 1x1 convolution (a ResNet-50's Bottleneck conv1/conv3 and projection
+shortcuts), whatever its map: there it is one matmul, and XLA's 1x1 convolution backward is slow.
+
 The choice is made per platform at lowering time (`lax.platform_dependent`), so GPUs and TPUs keep XLA's
 convolution, and per shape at trace time. Both lowerings sum the same products in another order: results agree
 with XLA's convolution to float rounding (parity tests hold).
@@ -52,6 +55,13 @@ SMALL_MAP_ROWS = 512
 # whose layer4 is 7x7). Forward + backward, 3x3 convs: 7x7 b8 512ch 18.3 vs XLA 22.9 ms; 3x3 b128 512ch 37 vs
 # 55; 8x8 b8 512ch 23.7 vs 27.6 but 8x8 b32 128ch 6.5 vs 6.2 and b128 64ch 9.7 vs 7.7; 14x14 ties.
 TAPWISE_MAP_PIXELS = 49
+# ... and every 1x1 convolution, whatever its map (the Bottleneck's conv1 and conv3, the projection shortcuts at
+# stride 1 and 2): tapwise_conv of a 1x1 kernel is one (strided) slice and one matmul, forward and backward, where
+# XLA's convolution backward is slow. ResNet-50 train step, one process, variants timed in alternation (Intel Xeon
+# SPR, 2 cores, with r34_flax.xla_cpu's flag): 8 @ 224 3.87 -> 2.72 s, 32 @ 64 1.25 -> 0.98 s (stride-1 1x1 only:
+# 3.12 s, 1.17 s). Not differentiated they stay XLA's convolutions (as a matmul inference was 5-36% slower).
+# 0 leaves 1x1 convolutions to TAPWISE_MAP_PIXELS like the others.
+TAPWISE_POINTWISE = 1
 
 _NHWC_HWIO = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lax.ConvDimensionNumbers for NHWC, HWIO, NHWC
 
@@ -89,10 +99,13 @@ def uses_tapwise(lhs_shape: Sequence[int], rhs_shape: Sequence[int], window_stri
                  padding: Any, lhs_dilation: Any = None, rhs_dilation: Any = None, dimension_numbers: Any = None,
                  feature_group_count: int = 1) -> bool:
     """Whether this convolution, when differentiated, is tapwise_conv on CPU: a plain 2-D NHWC/HWIO convolution
-    whose output map has at most TAPWISE_MAP_PIXELS pixels."""
+    whose output map has at most TAPWISE_MAP_PIXELS pixels, or whose kernel is 1x1 without padding (any map)."""
     pixels = _output_pixels(lhs_shape, rhs_shape, window_strides, padding, lhs_dilation, rhs_dilation,
                             dimension_numbers, feature_group_count)
-    return pixels is not None and pixels <= TAPWISE_MAP_PIXELS
+    if pixels is None:
+        return False
+    pointwise = tuple(rhs_shape[:2]) == (1, 1) and all(tuple(p) == (0, 0) for p in padding)
+    return pixels <= TAPWISE_MAP_PIXELS or bool(TAPWISE_POINTWISE and pointwise)
 
 
 def patches_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Sequence[tuple[int, int]],
