@@ -40,11 +40,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Start the accelerator extras' resolution (network-bound) as soon as it is known to be selected."""
     if any(item.originalname == "test_accelerator_extras_resolve" for item in items):
-        import tempfile
-
         from parity_tests.test_install_extras import Resolution
 
-        config.extras_resolution = Resolution(Path(tempfile.mkdtemp(prefix="r34-extras-")))
+        # Inside the session's directory, removed with it (a directory of its own was left behind by every run).
+        config.extras_resolution = Resolution(Path(tempfile.mkdtemp(prefix="extras-", dir=SESSION_CACHE)))
 
 
 def pytest_report_header(config: pytest.Config) -> str:
