@@ -152,7 +152,8 @@ def gradient_sibling_gap(case: str) -> float:
     changes, which a float32 comparison cannot be tighter than. A near-tie shows as a jump to 1e-2."""
     config, size = CASES[case]
     with precision("float64"):
-        exact = torch_grads(twins(config, "float64", seed=3)[0], make_batches(config, 1, 4, size, "float64", 4)[0]).grads
+        batch = make_batches(config, 1, 4, size, "float64", seed=4)[0]
+        exact = torch_grads(twins(config, "float64", seed=3)[0], batch).grads
         gap = 0.0
         for sibling in range(CONDITIONING_SIBLINGS):
             ref = twins(config, "float64", seed=3)[0]
@@ -299,7 +300,8 @@ def sibling_gap(case: str, optimizer: str) -> tuple[float, float]:
 
 def check_trajectory(case: str, optimizer: str, trajectory: Trajectory, dtype: str) -> str:
     """The Flax run against the torch referee (float64: its own torch twin over every step; float32: the float64
-    torch run over the first F32_TRAJECTORY_STEPS steps). Returns a one-line summary; raises AssertionError when out of bounds."""
+    torch run over the first F32_TRAJECTORY_STEPS steps). Returns a one-line summary; raises AssertionError when out
+    of bounds."""
     initial = torch_model(CASES[case][0], TRAJECTORY_SEEDS[0]).state_dict()
     if dtype == "float64":
         steps, losses_ref, states_ref = TRAJECTORY_STEPS, trajectory.losses_ref, trajectory.states_ref

@@ -86,8 +86,10 @@ def flax_grads(model: ResNet, batch: Batch, label_smoothing: float = 0.0) -> Gra
     grad_fn = jax.jit(jax.value_and_grad(step_flax.loss_fn, has_aux=True), static_argnums=(2, 5))
     (loss, (statistics, heads)), grads = grad_fn(params, batch_stats, graphdef, batch.flax_images, batch.flax_labels,
                                                  label_smoothing)
-    as_torch = lambda tree: flax_to_torch(traverse_util.flatten_dict(nnx.to_pure_dict(tree)), model.config,  # noqa: E731
-                                          partial=True)
+
+    def as_torch(tree: nnx.State) -> dict[str, torch.Tensor]:
+        return flax_to_torch(traverse_util.flatten_dict(nnx.to_pure_dict(tree)), model.config, partial=True)
+
     return Gradients(float(loss), as_torch(grads), {k: np.asarray(v) for k, v in heads.items()},
                      as_torch(statistics))
 
