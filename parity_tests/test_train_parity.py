@@ -104,7 +104,7 @@ def check_train_mode(case: str, dtype: str, rounding: Rounding = DEFAULT, bug: B
         ref, model = twins(config, dtype, seed=1, rounding=rounding)
         bug.edit(model)
         model.train()
-        worst_logits, worst_state = 0.0, 0.0
+        worst_logits = 0.0
         for step, batch in enumerate(make_batches(config, 2, 4, size, dtype, seed=2, rounding=rounding)):
             ref.train()
             with torch.no_grad():
@@ -114,14 +114,21 @@ def check_train_mode(case: str, dtype: str, rounding: Rounding = DEFAULT, bug: B
                 _close(out_ref[head].numpy(), np.asarray(out[head]), dtype, F32_TRAIN_LOGITS_REL,
                        f"{head}, step {step}")
                 worst_logits = max(worst_logits, max_rel(out_ref[head].numpy(), np.asarray(out[head])))
-        exported = to_torch(model)
-        for key, value in ref.state_dict().items():
-            if key.endswith("num_batches_tracked"):
-                assert int(exported[key]) == int(value), key
-            elif "running" in key:
-                _close(value.numpy(), exported[key].numpy(), dtype, F32_BN_STATE_REL, key)
-                worst_state = max(worst_state, max_rel(value.numpy(), exported[key].numpy()))
+        worst_state = check_statistics(ref.state_dict(), to_torch(model), dtype)
     return worst_logits, worst_state
+
+
+def check_statistics(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], dtype: str) -> float:
+    """BatchNorm running statistics of `got` against `expected` (torch names) within bounds, counters equal; other
+    keys are ignored. Returns the worst statistics error."""
+    worst = 0.0
+    for key, value in expected.items():
+        if key.endswith("num_batches_tracked"):
+            assert int(got[key]) == int(value), key
+        elif "running" in key:
+            _close(value.numpy(), got[key].numpy(), dtype, F32_BN_STATE_REL, key)
+            worst = max(worst, max_rel(value.numpy(), got[key].numpy()))
+    return worst
 
 
 # The Bottleneck bodies' train-mode logits and BatchNorm statistics are checked by their gradient test, from the same
@@ -189,11 +196,7 @@ def check_gradients(case: str, dtype: str, rounding: Rounding = DEFAULT, bug: Bu
     assert set(got.heads) == set(expected.heads) and set(got.statistics) == set(expected.statistics)
     for head in expected.heads:
         _close(expected.heads[head], got.heads[head], dtype, F32_TRAIN_LOGITS_REL, f"train-mode {head}")
-    for key, value in expected.statistics.items():
-        if key.endswith("num_batches_tracked"):
-            assert int(got.statistics[key]) == int(value), key
-        else:
-            _close(value.numpy(), got.statistics[key].numpy(), dtype, F32_BN_STATE_REL, key)
+    check_statistics(expected.statistics, got.statistics, dtype)
     return errors[worst], worst
 
 
