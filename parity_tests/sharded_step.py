@@ -1,5 +1,5 @@
 """Run as a separate process with 8 simulated CPU devices: the trainer's jitted step on a 1-device mesh and on
-an 8-device mesh, same model, same global batches; prints the largest parameter and BN-statistic difference.
+an 8-device mesh, same model and recipe, same global batches; prints the largest parameter and BN-statistic difference.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m parity_tests.sharded_step DATA_DIR [TRAINER FLAGS]
 
@@ -18,13 +18,14 @@ import numpy as np
 
 from parity_tests.helpers import max_rel
 from parity_tests.roundings import ROUNDINGS, Rounding
-from r34 import get_preset
-from r34_flax import flax_state, resnet
+from r34_flax import flax_state
 from r34_flax.xla_cpu import apply_cpu_flags
+from train.cli import build_parser
 from train.data import pipeline
 from train.data.transforms import normalization_table
+from train.loop_flax import Run, initial_model, setup
+from train.loop_flax import main as train_main
 from train.optim_flax import make_optimizer
-from train.recipe import Recipe
 from train.step_flax import data_mesh, init_train_state, make_train_step, shard_batch
 
 STEPS = 3
@@ -34,13 +35,16 @@ STEPS = 3
 SHARDED_ROUNDINGS = ("default", "ulp")
 
 
-def run(devices: list, spec, source, rounding: Rounding) -> dict:
-    config = get_preset("tiny").replace(in_channels=1)
-    tx = make_optimizer(Recipe(lr=0.05, warmup_steps=1, total_steps=10))
+def run(devices: list, plan: Run, rounding: Rounding) -> dict:
+    """STEPS of the trainer's step (its model, recipe, batch and flags in `plan`) on a mesh of `devices`, under
+    `rounding`: the trained state, flat."""
+    tx = make_optimizer(plan.recipe)
     mesh = data_mesh(devices)
-    graphdef, state = init_train_state(rounding.flax_model(resnet(config, seed=0)), tx, mesh)
-    step = make_train_step(graphdef, tx, 0.0, mesh, input_table=normalization_table(spec))
-    for batch in list(pipeline.train_batches(source, spec, 32, seed=0, epoch=0))[:STEPS]:
+    graphdef, state = init_train_state(rounding.flax_model(initial_model(plan)[0]), tx, mesh)
+    step = make_train_step(graphdef, tx, plan.recipe.label_smoothing, mesh, plan.args.skip_nonfinite,
+                           normalization_table(plan.spec))
+    batches = pipeline.train_batches(plan.sources["train"], plan.spec, plan.args.batch_size, seed=0, epoch=0)
+    for batch in list(batches)[:STEPS]:
         state, _ = step(state, *shard_batch((batch["image"], batch["labels"]), mesh))
     from flax import nnx
 
@@ -52,21 +56,24 @@ def main() -> None:
     # float32 rounding (the in-process tests run without it). R34_XLA_CPU_FLAGS=0 leaves it off.
     apply_cpu_flags()
     assert len(jax.devices()) == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
-    spec, sources = pipeline.load("sklearn_digits", Path(sys.argv[1]))
+    trainer_flags = sys.argv[2:]
+    # The trainer's own step, as the trainer flags configure it (so the trainer run that follows finds the 8-device
+    # program compiled); without trainer flags, the tiny body on the digits, batch 32.
+    args = build_parser("sharded_step", __doc__, flax=True).parse_args(
+        ["--preset", "tiny", "--batch-size", "32", "--steps", str(STEPS), "--data-dir", sys.argv[1], *trainer_flags])
+    plan = setup(args)
     for name in SHARDED_ROUNDINGS:
         with ROUNDINGS[name].applied():
-            one = run(jax.devices()[:1], spec, sources["train"], ROUNDINGS[name])
-            eight = run(jax.devices(), spec, sources["train"], ROUNDINGS[name])
+            one = run(jax.devices()[:1], plan, ROUNDINGS[name])
+            eight = run(jax.devices(), plan, ROUNDINGS[name])
         errors = {"/".join(map(str, k)): max_rel(one[k], eight[k])
                   for k in one if np.issubdtype(one[k].dtype, np.floating)}
         counters_equal = all(np.array_equal(one[k], eight[k]) for k in one if k[-1] == "num_batches_tracked")
         worst = max(errors, key=errors.get)
         print(json.dumps({"steps": STEPS, "rounding": name, "worst": worst, "rel": errors[worst],
                           "counters_equal": counters_equal}))
-    if len(sys.argv) > 2:
-        from train.loop_flax import main as train_main
-
-        sys.exit(train_main(sys.argv[2:]))
+    if trainer_flags:
+        sys.exit(train_main(trainer_flags))
 
 
 if __name__ == "__main__":
