@@ -14,7 +14,7 @@ from flax import nnx
 
 from parity_tests.helpers import FAMILY, TEST_PRESETS
 from r34 import get_preset
-from r34_flax import conversion_table, flax_state
+from r34_flax import conversion_table, flax_state, layers
 from r34_flax.conversion import parameter_count
 from r34_flax import resnet as flax_resnet
 from r34_torch import resnet as torch_resnet
@@ -117,6 +117,23 @@ def test_flax_init_scheme() -> None:
         elif path.endswith("var"):
             assert np.all(w == 1), path
     _check_linear(flat["fc/kernel"], flat["fc/bias"], 512, "fc")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_flax_initializers_draw_jaxs_values(dtype: str) -> None:
+    """The twin's kernel initializers (drawn flat, for compile time) give nnx's variance_scaling values bit for bit:
+    conv kernels (HWIO: a grouped 3x3, a 1x1) and a linear kernel (in, out). (Few shapes: nnx's own draws are the
+    slow compilations the flat draw avoids.)"""
+    key = jax.random.key(3)
+    cases = ((layers.conv_kernel_init, (2.0, "fan_out", "normal"), ((3, 3, 2, 6), (1, 1, 6, 8))),
+             (layers.linear_kernel_init, (1.0 / 3.0, "fan_in", "uniform"), ((12, 10),)))
+    with jax.enable_x64(dtype == "float64"):
+        for ours, (scale, mode, distribution), shapes in cases:
+            reference = nnx.initializers.variance_scaling(scale, mode, distribution)
+            for shape in shapes:
+                got, want = ours(key, shape, dtype), reference(key, shape, dtype)
+                assert got.shape == want.shape and got.dtype == want.dtype, shape
+                np.testing.assert_array_equal(got, want, err_msg=f"{distribution} {shape}")
 
 
 @pytest.mark.parametrize("preset, last", [("tiny", "bn2"), ("tiny_bottleneck", "bn3")])

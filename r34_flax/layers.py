@@ -12,10 +12,31 @@ from jax.typing import DTypeLike
 from r34_flax.conv_lowering import conv_general_dilated
 from r34_flax.pooling import max_pool
 
+
+def variance_scaling(scale: float, mode: str, distribution: str) -> nnx.Initializer:
+    """`nnx.initializers.variance_scaling(scale, mode, distribution)` ("fan_in" or "fan_out"; "normal" or "uniform")
+    for kernels whose last two axes are (in, out), bit for bit, with the random numbers drawn as one flat vector and
+    reshaped. JAX's random bits depend only on an element's flat index, so the values are the same; XLA:CPU compiles
+    the flat draw many times faster, and every new kernel shape is a new compilation (jax 0.10.2, 2-core Xeon: a
+    normal of shape (3, 3, 8, 9) 5.9 s, of shape (648,) 0.34 s; building the `tiny` body ~14 s -> ~3 s)."""
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike = jnp.float32) -> jax.Array:
+        fan = shape[-2 if mode == "fan_in" else -1] * math.prod(shape[:-2])
+        variance = jnp.array(scale / fan, dtype=dtype)
+        flat = (math.prod(shape),)
+        if distribution == "normal":
+            values = jax.random.normal(key, flat, dtype) * jnp.sqrt(variance)
+        else:
+            values = jax.random.uniform(key, flat, dtype, -1) * jnp.sqrt(3 * variance)
+        return values.reshape(shape)
+
+    return init
+
+
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") -> N(0, 2 / fan_out), not truncated.
-conv_kernel_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+conv_kernel_init = variance_scaling(2.0, "fan_out", "normal")
 # torch.nn.Linear: kaiming_uniform_(a=sqrt(5)) -> U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-linear_kernel_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+linear_kernel_init = variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 def linear_bias_init(fan_in: int) -> nnx.Initializer:
