@@ -29,6 +29,10 @@ from train import metrics as metrics_lib
 from train.metrics import read_metrics
 
 STEPS = 24
+# Runs that only need a few steps take this many: the recipe's learning-rate schedule is compiled into the train step,
+# so runs of equal length (and flags) share one compiled step through the compilation cache (~6 s each on a 2-core
+# Xeon).
+SHORT = ("--steps", "6")
 # Steps over which the two trainers' float32 loss curves are held to F32_TRAINER_LOSS_ABS (see tolerances.py).
 COMPARED_STEPS = 4
 
@@ -96,7 +100,7 @@ def test_short_run_learns_exports_and_rescoring_agrees(reference: Path, capsys: 
 
 def test_final_line_reports_equal_flax_and_torch_accuracy(tmp_path: Path, data_dir: Path, init_file: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
-    assert loop_flax.main(flags(data_dir, init_file, tmp_path, "--steps", "4")) == 0
+    assert loop_flax.main(flags(data_dir, init_file, tmp_path, *SHORT)) == 0
     out = capsys.readouterr().out
     final = json.loads(out.strip().splitlines()[-1])
     assert final["final"]["top1/fc"] == final["torch_rescore"]["top1/fc"]
@@ -258,7 +262,7 @@ def test_no_readable_checkpoint_is_an_error_not_a_silent_restart(reference: Path
     assert "no readable checkpoint" in err and "pass --restart to start over on purpose" in err
     assert loop_flax.main(flags(data_dir, init_file, workdir)) == 2  # still refused: they were set aside, not lost
     assert "only damaged ones" in capsys.readouterr().err
-    assert loop_flax.main(flags(data_dir, init_file, workdir, "--restart", "--steps", "2")) == 0
+    assert loop_flax.main(flags(data_dir, init_file, workdir, "--restart", *SHORT)) == 0
     assert "resumed" not in capsys.readouterr().out
 
 
@@ -430,7 +434,7 @@ def test_input_wait_shows_an_input_bound_run(main, data_dir: Path, init_file: Pa
             yield batch
 
     monkeypatch.setattr(pipeline, "train_batches", late)
-    argv = flags(data_dir, init_file, tmp_path, "--steps", "6", "--log-every", "3", "--checkpoint-every", "100")
+    argv = flags(data_dir, init_file, tmp_path, *SHORT, "--log-every", "3", "--checkpoint-every", "100")
     assert main(argv) == 0
     waits = [r["input_wait"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
     assert len(waits) == 2 and waits[-1] > 0.75, waits  # the first interval holds compilation
