@@ -80,6 +80,14 @@ CONDITIONING_NUDGE = 1e-7
 # Each nudged run crosses a near-exact tie with probability ~1/2 (its nudge has a random sign there): 8 miss one with
 # probability 1/256. Measured over the 4 steps: at most 4e-7 (loss) and 4e-6 (state) with the weights of seed 1.
 CONDITIONING_SIBLINGS = 8
+# Known gap (2026-12-01, open): a float32 rounding the nudges did not foresee. Built with XLA_FLAGS=
+# --xla_backend_optimization_level=0 (the same function: exp, log, sqrt, rsqrt, tanh to the same ulps as the default
+# build), the Flax float32 run of tiny_grapheme AdamW (seed 1, default and xla_conv lowerings) crosses a near-tie in
+# step 3: parameters 1.5e-3 off after it (layer2.0.conv2), the loss at step 4 1.4e-4 off (bound 5e-5), while every
+# nudged float64 sibling stayed on the exact curve. A float32 run's accumulated rounding (~1e-6 relative after a
+# step, measured) reaches ties that a 1e-7 nudge does not; another CPU's kernels could cross it too. Reproduce:
+# XLA_FLAGS=--xla_backend_optimization_level=0 pytest parity_tests/test_train_parity.py
+#     -k "trajectories and tiny_grapheme-adamw-float32"
 # A nudged run within a quarter of the bound is on the exact curve: smooth dependence on a 1e-7 nudge moves the loss
 # by ~1e-7; a crossed tie by 1e-5 and more, growing every step.
 CONDITIONING_MARGIN = 4
