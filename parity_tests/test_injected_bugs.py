@@ -13,7 +13,7 @@ import torch
 
 from parity_tests.helpers import as_torch_layout, assert_stages_match, nchw_to_nhwc, torch_model
 from parity_tests.injections import BUGS
-from parity_tests.test_train_parity import CASES, RECIPES, check_gradients, check_train_mode, check_trajectory, \
+from parity_tests.test_train_parity import RECIPES, check_gradients, check_train_mode, check_trajectory, \
     run_trajectories
 from r34 import get_preset
 from r34_flax import from_torch
@@ -58,7 +58,7 @@ def test_gradient_check_catches(bug: str) -> None:
 
 @pytest.mark.parametrize("bug, optimizer", TRAJECTORY_BUGS)
 def test_trajectory_check_catches(bug: str, optimizer: str) -> None:
-    trajectory = run_trajectories(CASES["tiny"][0], RECIPES[optimizer], "float32", bug=BUGS[bug])
+    trajectory = run_trajectories("tiny", RECIPES[optimizer], "float32", bug=BUGS[bug])
     with pytest.raises(AssertionError, match=r"float32 (loss curve differs|rel)") as caught:
         check_trajectory("tiny", optimizer, trajectory, "float32")
     print(f"\n{bug} ({optimizer}): {str(caught.value).splitlines()[0]}")
