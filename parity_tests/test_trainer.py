@@ -438,3 +438,38 @@ def test_input_wait_shows_an_input_bound_run(main, data_dir: Path, init_file: Pa
     assert main(argv) == 0
     waits = [r["input_wait"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
     assert len(waits) == 2 and waits[-1] > 0.75, waits  # the first interval holds compilation
+
+
+def test_fine_tunes_a_torchvision_resnet50_checkpoint(data_dir: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """`--preset resnet50 --init-from` torchvision's resnet50 file: the Bottleneck body is loaded (its 3-channel stem
+    summed to the digits' 1 channel, the 1000-class fc re-initialised for 10), trained, and exported as a
+    torchvision-layout state_dict whose body moved from the file's by the steps taken, not re-initialised."""
+    import torchvision
+
+    # zero_init_residual: a body whose residual branches start near identity, as a trained one is; torchvision's
+    # default draw is an exploding 50-layer net whose stem gradient moves it by 5x its size in two steps at lr 1e-3.
+    tv = torchvision.models.resnet50(zero_init_residual=True).state_dict()
+    torch.save(tv, tmp_path / "resnet50.pth")
+    steps = 2
+    argv = ["--preset", "resnet50", "--batch-size", "8", "--optimizer", "sgd", "--lr", "0.001", "--steps", str(steps),
+            "--log-every", "1", "--no-progress", "--data-dir", str(data_dir), "--init-from",
+            str(tmp_path / "resnet50.pth"), "--workdir", str(tmp_path / "w")]
+    assert loop_flax.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "adapted the 3-channel stem to 1 channel by summing conv1 over its input channels" in out
+    assert "head fc: re-initialised (10 classes; the file has 1000 classes)" in out
+    losses = train_losses(tmp_path / "w")
+    assert len(losses) == steps and np.isfinite(losses).all(), losses
+    model = torch_model(get_preset("resnet50").replace(in_channels=1, heads=(("fc", 10),)), seed=0)
+    model.load_state_dict(exported(tmp_path / "w"), strict=True)
+    tuned = model.state_dict()
+    fresh = torchvision.models.resnet50(zero_init_residual=True).state_dict()  # another draw: how far a re-initialised body would be
+    for key in ("conv1.weight", "layer1.0.downsample.0.weight", "layer3.5.conv3.weight", "layer4.2.conv2.weight"):
+        start, redraw = tv[key].numpy(), fresh[key].numpy()
+        if key == "conv1.weight":  # the file's 3-channel stem, summed over its input channels
+            start, redraw = start.sum(1, keepdims=True), redraw.sum(1, keepdims=True)
+        moved, redrawn = max_rel(start, tuned[key].numpy()), max_rel(start, redraw)
+        print(f"{key}: moved {moved:.1e} from the file's (a fresh draw: {redrawn:.1e})")
+        assert 0 < moved < redrawn / 4, (key, moved, redrawn)  # loaded, then stepped: not the file's bits, not a draw
+    assert int(tuned["layer4.2.bn3.num_batches_tracked"]) == int(tv["layer4.2.bn3.num_batches_tracked"]) + steps
