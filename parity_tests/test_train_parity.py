@@ -41,6 +41,7 @@ from parity_tests.train_twins import (
     state_as_torch,
     torch_grads,
     torch_trajectory,
+    torch_twin,
     twins,
 )
 from r34 import get_preset
@@ -161,10 +162,10 @@ def gradient_sibling_gap(case: str) -> float:
     config, size = CASES[case]
     with precision("float64"):
         batch = make_batches(config, 1, 4, size, "float64", seed=4)[0]
-        exact = torch_grads(twins(config, "float64", seed=3)[0], batch).grads
+        exact = torch_grads(torch_twin(config, "float64", seed=3), batch).grads
         gap = 0.0
         for sibling in range(CONDITIONING_SIBLINGS):
-            ref = twins(config, "float64", seed=3)[0]
+            ref = torch_twin(config, "float64", seed=3)
             batch = make_batches(config, 1, 4, size, "float64", seed=4)[0]
             nudge_([*ref.parameters(), batch.torch_images], CONDITIONING_NUDGE, sibling)
             grads = torch_grads(ref, batch).grads
@@ -312,7 +313,7 @@ def nudged_run(case: str, optimizer: str, nudge: float, sibling: int) -> tuple[n
     """(losses, states) of the float64 torch run over F32_TRAJECTORY_STEPS steps from weights and images nudged by
     `nudge` (signs drawn from `sibling`)."""
     with precision("float64"):
-        ref = twins(CASES[case][0], "float64", TRAJECTORY_WEIGHTS_SEED)[0]
+        ref = torch_twin(CASES[case][0], "float64", TRAJECTORY_WEIGHTS_SEED)
         batches = trajectory_batches(case, F32_TRAJECTORY_STEPS, "float64")
         nudge_([*ref.parameters(), *(b.torch_images for b in batches)], nudge, sibling)
         losses, states, _ = torch_trajectory(ref, RECIPES[optimizer], batches)

@@ -52,8 +52,13 @@ def twins(config: ResNetConfig, dtype: str, seed: int,
           rounding: Rounding = DEFAULT) -> tuple[torch.nn.Module, ResNet]:
     """(torch twin, flax twin) with the same weights and randomised BN state; call under `precision(dtype)`.
     `rounding` may nudge the weights (both twins alike) and set the torch twin's memory format."""
-    ref = rounding.torch_model(torch_model(config, seed).to(TORCH_DTYPES[dtype]))
+    ref = rounding.torch_model(torch_twin(config, dtype, seed))
     return ref, from_torch(ref.state_dict(), config)
+
+
+def torch_twin(config: ResNetConfig, dtype: str, seed: int) -> torch.nn.Module:
+    """The torch side of `twins` alone (the float64 conditioning runs need no Flax model)."""
+    return torch_model(config, seed).to(TORCH_DTYPES[dtype])
 
 
 @dataclasses.dataclass
