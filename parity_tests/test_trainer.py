@@ -464,7 +464,8 @@ def test_fine_tunes_a_torchvision_resnet50_checkpoint(data_dir: Path, tmp_path: 
     model = torch_model(get_preset("resnet50").replace(in_channels=1, heads=(("fc", 10),)), seed=0)
     model.load_state_dict(exported(tmp_path / "w"), strict=True)
     tuned = model.state_dict()
-    fresh = torchvision.models.resnet50(zero_init_residual=True).state_dict()  # another draw: how far a re-initialised body would be
+    # Another draw: how far a re-initialised body would be.
+    fresh = torchvision.models.resnet50(zero_init_residual=True).state_dict()
     for key in ("conv1.weight", "layer1.0.downsample.0.weight", "layer3.5.conv3.weight", "layer4.2.conv2.weight"):
         start, redraw = tv[key].numpy(), fresh[key].numpy()
         if key == "conv1.weight":  # the file's 3-channel stem, summed over its input channels
