@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
-import types
 from collections.abc import Callable, Iterator
 from unittest import mock
 
@@ -34,10 +32,9 @@ class Bug:
     def applied(self) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             if self.biased_running_var:
-                # BatchNorm's Bessel factor n / (n - 1) becomes 1 (n = 10**12): running_var takes the biased batch
-                # variance, as Flax's own BatchNorm does; the n >= 2 check is unaffected.
-                unbessel = types.SimpleNamespace(**{**vars(math), "prod": lambda shape: 10**12})
-                stack.enter_context(mock.patch.object(layers, "math", unbessel))
+                # BatchNorm's Bessel factor n / (n - 1) becomes 1: running_var takes the biased batch variance, as
+                # Flax's own BatchNorm does.
+                stack.enter_context(mock.patch.object(layers, "bessel_correction", lambda n: 1.0))
             if self.optimizer is not None:
                 stack.enter_context(mock.patch.object(optim_flax, "make_optimizer", self.optimizer))
             yield
