@@ -224,6 +224,9 @@ RECIPES = {
 TRAJECTORY_SIZE = 64
 # The Bottleneck bodies' float64 trajectories run at their CASES size (32 px): float64 has no near-ties to avoid.
 TRAJECTORY_SIZES = {case: CASES[case][1] for case in BOTTLENECK_CASES}
+# Batch 8 for the Bottleneck bodies too: at batch 4 (tried for suite time) resnet50's float64 run is chaotic, its
+# rounding differences grow ~40x a step from step 2 (loss 2e-12 apart at step 4, 6e-3 at step 10; layer4's
+# train-mode BatchNorm would see 4 values per channel at 32 px). At batch 8 they stay at 1e-14.
 TRAJECTORY_BATCH = 8
 # Weights of seed 1: with seed 5 (used before), tiny AdamW's first step already depended on a ReLU near-tie (layer4
 # gradients of ~1e-10 behind a barely-live channel, which Adam scales up to O(lr) updates): 0 conditioned steps.
