@@ -447,6 +447,7 @@ def test_input_wait_shows_an_input_bound_run(main, data_dir: Path, init_file: Pa
     argv = flags(data_dir, init_file, tmp_path, *SHORT, "--log-every", "3", "--checkpoint-every", "100")
     assert main(argv) == 0
     waits = [r["input_wait"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    print(f"\ninput_wait per interval: {waits}")
     assert len(waits) == 2 and waits[-1] > 0.75, waits  # the first interval holds compilation
 
 

@@ -328,6 +328,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                                      acc=f"{np.mean([v for k, v in values.items() if k.startswith('accuracy')]):.3f}",
                                      img_s=f"{values['images_per_s']:.0f}", wait=f"{values['input_wait']:.0%}")
                 t_log, n_log = time.perf_counter(), 0
+                clock.restart()
             progress.update(1)
             if step % args.checkpoint_every == 0:
                 # Never checkpoint a diverged state: this sync is as rare as checkpoints.

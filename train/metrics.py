@@ -125,6 +125,11 @@ class InputClock:
     (the devices idle while images are decoded), near 0 that the input pipeline keeps up."""
 
     def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        """Start a new interval now. The loops restart it where they restart their images/s interval, after a log
+        line's work: that work (the first log's lr evaluation compiles; writers open) is neither input nor steps."""
         self.waited = 0.0
         self.since = time.perf_counter()
 
@@ -142,8 +147,5 @@ class InputClock:
             yield batch
 
     def fraction(self) -> float:
-        """The waiting share of the wall time since the last call."""
-        now = time.perf_counter()
-        share = self.waited / max(now - self.since, 1e-9)
-        self.waited, self.since = 0.0, now
-        return share
+        """The waiting share of the wall time since the last `restart`."""
+        return self.waited / max(time.perf_counter() - self.since, 1e-9)
