@@ -129,7 +129,7 @@ class InputClock:
 
     def restart(self) -> None:
         """Start a new interval now. The loops restart it where they restart their images/s interval, after a log
-        line's work: that work (the first log's lr evaluation compiles; writers open) is neither input nor steps."""
+        line's work, which is neither input nor steps (the first one evaluates the lr schedule: a compile)."""
         self.waited = 0.0
         self.since = time.perf_counter()
 
