@@ -427,6 +427,8 @@ def test_input_clock_tells_waiting_from_working() -> None:
             time.sleep(work)  # the step
         share = clock.fraction()
         assert (share > 0.9) if input_bound else (share < 0.1), (delay, work, share)
+        # 5 batches over at least 5 sleeps of max(delay, work): the rate counts each batch once.
+        assert 0 < clock.batches_per_s() <= 1 / max(delay, work), clock.batches_per_s()
 
 
 @pytest.mark.parametrize("main", [loop_flax.main, loop_torch.main], ids=["flax", "torch"])

@@ -304,7 +304,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     progress = tqdm(total=run.total_steps, initial=start, disable=not lead or args.no_progress, unit="step",
                     dynamic_ncols=True)
     final_eval: dict[str, float] = {}
-    t_log, n_log = time.perf_counter(), 0
     clock = metrics_lib.InputClock()
     step = checked = start
     while step < run.total_steps:
@@ -315,19 +314,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             images, labels = put_batch(batch, mesh)
             state, step_metrics = step_fn(state, images, labels)
             step += 1
-            n_log += 1
             if step % args.log_every == 0 or step == run.total_steps:
                 values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}  # the only host sync
                 check_finite(values, checked, step, manager, run)
                 checked = step
-                values["images_per_s"] = n_log * args.batch_size / (time.perf_counter() - t_log)
+                values["images_per_s"] = clock.batches_per_s() * args.batch_size
                 values["input_wait"] = clock.fraction()
                 values["lr"] = float(schedule(step - 1))
                 logger.log(step, "train", values)
                 progress.set_postfix(loss=f"{values['loss']:.3f}",
                                      acc=f"{np.mean([v for k, v in values.items() if k.startswith('accuracy')]):.3f}",
                                      img_s=f"{values['images_per_s']:.0f}", wait=f"{values['input_wait']:.0%}")
-                t_log, n_log = time.perf_counter(), 0
                 clock.restart()
             progress.update(1)
             if step % args.checkpoint_every == 0:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -106,7 +105,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model.train()
     progress = tqdm(total=plan.total_steps, initial=step, disable=args.no_progress, unit="step", dynamic_ncols=True)
     final_eval: dict[str, float] = {}
-    t_log, n_log = time.perf_counter(), 0
     clock = metrics_lib.InputClock()
     table = normalization_table(plan.spec)
     while step < plan.total_steps:
@@ -117,16 +115,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             lr = optimizer.param_groups[0]["lr"]
             step_metrics = train_step(model, optimizer, scheduler, images, labels, plan.recipe.label_smoothing)
             step += 1
-            n_log += 1
             if step % args.log_every == 0 or step == plan.total_steps:
                 values = {k: float(v) for k, v in step_metrics.items()}
-                values["images_per_s"] = n_log * args.batch_size / (time.perf_counter() - t_log)
+                values["images_per_s"] = clock.batches_per_s() * args.batch_size
                 values["input_wait"] = clock.fraction()
                 values["lr"] = lr
                 logger.log(step, "train", values)
                 progress.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{values['images_per_s']:.0f}",
                                      wait=f"{values['input_wait']:.0%}")
-                t_log, n_log = time.perf_counter(), 0
                 clock.restart()
             progress.update(1)
             if step % args.checkpoint_every == 0:

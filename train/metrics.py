@@ -121,20 +121,22 @@ def plot_curves(metrics_path: Path, png: Path, title: str) -> None:
 
 
 class InputClock:
-    """How much of the loop's wall time goes to waiting for the next batch: near 1 means the run is input-bound
-    (the devices idle while images are decoded), near 0 that the input pipeline keeps up."""
+    """One log interval of a training loop: the batches it took, their rate, and how much of its wall time went to
+    waiting for the next batch (near 1: the run is input-bound, the devices idle while images are decoded; near 0:
+    the input pipeline keeps up). Both figures cover the same interval, from the last `restart`."""
 
     def __init__(self) -> None:
         self.restart()
 
     def restart(self) -> None:
-        """Start a new interval now. The loops restart it where they restart their images/s interval, after a log
-        line's work, which is neither input nor steps (the first one evaluates the lr schedule: a compile)."""
+        """Start a new interval now. The loops restart it after a log line's work, which is neither input nor steps
+        (the first one evaluates the lr schedule: a compile)."""
         self.waited = 0.0
+        self.taken = 0
         self.since = time.perf_counter()
 
     def batches(self, batches: Iterable[Any]) -> Iterator[Any]:
-        """`batches`, timing each wait for one."""
+        """`batches`, timing each wait for one and counting them."""
         iterator = iter(batches)
         while True:
             start = time.perf_counter()
@@ -144,8 +146,16 @@ class InputClock:
                 return
             finally:
                 self.waited += time.perf_counter() - start
+            self.taken += 1
             yield batch
+
+    def batches_per_s(self) -> float:
+        """Batches taken per second of wall time since the last `restart`."""
+        return self.taken / self._elapsed()
 
     def fraction(self) -> float:
         """The waiting share of the wall time since the last `restart`."""
-        return self.waited / max(time.perf_counter() - self.since, 1e-9)
+        return self.waited / self._elapsed()
+
+    def _elapsed(self) -> float:
+        return max(time.perf_counter() - self.since, 1e-9)
