@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 
 from train.data import bengali_graphemes, image_folder, sklearn_digits
 from train.data.imagenet_transforms import IMAGENET_MEAN, IMAGENET_STD
+from train.data.spec import DatasetSpec
 from train.data.transforms import AUGMENTS, default_eval_resize, eval_transform, train_transform
 
 DEFAULT_TFDS_DIR = Path("~/tensorflow_datasets").expanduser()
@@ -27,26 +28,6 @@ Batch = dict[str, Any]  # {"image": uint8 NHWC, "labels": {head: int32}, "mask":
 
 class DataError(ValueError):
     """A data set that cannot be found, prepared or used; the message says what to do."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """What the trainer needs to know about a data set."""
-
-    name: str
-    heads: tuple[tuple[str, int], ...]  # model head -> classes
-    label_keys: Mapping[str, str]  # model head -> feature name in the data
-    channels: int
-    image_size: int
-    train_split: str
-    eval_split: str
-    flip: bool  # horizontal flips are label-preserving (natural images; not digits or script)
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    num_train: int
-    num_eval: int
-    augment: str = "cifar"  # preprocessing preset, transforms.AUGMENTS
-    eval_resize: int = 0  # imagenet: the shorter side before the centre crop
 
 
 BUILDERS = {"sklearn_digits": sklearn_digits.SklearnDigits, "bengali_graphemes": bengali_graphemes.BengaliGraphemes}

@@ -17,15 +17,13 @@ the 256 possible values per channel, so the device computes exactly torchvision'
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from train.data import image_folder, imagenet_transforms
-
-if TYPE_CHECKING:
-    from train.data.pipeline import DatasetSpec
+from train.data.spec import DatasetSpec
 
 AUGMENTS = ("imagenet", "cifar")
 Example = Mapping[str, Any]
