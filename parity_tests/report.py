@@ -27,6 +27,7 @@ from flax import nnx
 from parity_tests.helpers import as_torch_layout, max_abs, nchw_to_nhwc, precision, torch_model
 from parity_tests.tolerances import F32_FEATURE_MAP_REL, F32_REL, F32_TRAIN_LOGITS_REL, F64_ABS
 from r34 import PRESETS, get_preset
+from r34.cli_help import DefaultsHelpFormatter
 from r34.machine import cpu_description
 from r34_flax.conversion import ConversionError, from_torch
 from r34_flax.model import ResNet
@@ -182,15 +183,16 @@ def load_reference(args: argparse.Namespace) -> torch.nn.Module:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m parity_tests.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=DefaultsHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--weights", type=Path, help="torch weights file (.pth/.pt/.safetensors) to compare with")
     source.add_argument("--preset", choices=list(PRESETS), default="tiny",
-                        help="random weights with randomised BatchNorm statistics for this preset (default tiny)")
+                        help="random weights with randomised BatchNorm statistics for this preset")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and input")
-    parser.add_argument("--size", type=int, default=64, help="input height and width (default 64)")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--size", type=int, default=64, help="input height and width")
+    parser.add_argument("--batch", type=int, default=2, help="images in the batch")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                        help="the Flax twin's dtype (the reference is always float64)")
     parser.add_argument("--mode", choices=["eval", "train"], default="eval",
                         help="eval: running statistics; train: batch statistics")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the per-module error to this PNG")

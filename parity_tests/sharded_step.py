@@ -9,6 +9,7 @@ the XLA:CPU flags of r34_flax.xla_cpu first.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from parity_tests.helpers import max_rel
 from parity_tests.roundings import ROUNDINGS, Rounding
+from r34.cli_help import DefaultsHelpFormatter
 from r34_flax import flax_state
 from r34_flax.xla_cpu import apply_cpu_flags
 from train.cli import build_parser
@@ -50,16 +52,25 @@ def run(devices: list, plan: Run, rounding: Rounding) -> dict:
     return flax_state(nnx.merge(graphdef, state.params, state.batch_stats))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m parity_tests.sharded_step", description=__doc__,
+                                formatter_class=DefaultsHelpFormatter)
+    p.add_argument("data_dir", help="TFDS data directory holding (or to hold) the digits")
+    p.add_argument("trainer_flags", nargs=argparse.REMAINDER, help="flags of python -m train.flax, run afterwards")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     # The trainer's XLA:CPU flag, as `python -m train.flax` sets it: this process is the suite's run of the flag's
     # float32 rounding (the in-process tests run without it). R34_XLA_CPU_FLAGS=0 leaves it off.
     apply_cpu_flags()
     assert len(jax.devices()) == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
-    trainer_flags = sys.argv[2:]
+    trainer_flags = args.trainer_flags
     # The trainer's own step, as the trainer flags configure it (so the trainer run that follows finds the 8-device
     # program compiled); without trainer flags, the tiny body on the digits, batch 32.
     args = build_parser("sharded_step", __doc__, flax=True).parse_args(
-        ["--preset", "tiny", "--batch-size", "32", "--steps", str(STEPS), "--data-dir", sys.argv[1], *trainer_flags])
+        ["--preset", "tiny", "--batch-size", "32", "--steps", str(STEPS), "--data-dir", args.data_dir, *trainer_flags])
     plan = setup(args)
     for name in SHARDED_ROUNDINGS:
         with ROUNDINGS[name].applied():

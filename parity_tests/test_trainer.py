@@ -391,18 +391,6 @@ def test_trainer_loss_curve_check_catches_nesterov_off(tmp_path: Path, data_dir:
     assert diff.max() > F32_TRAINER_LOSS_ABS, diff
 
 
-def test_help_states_each_default_once_and_only_where_it_says_something(capsys: pytest.CaptureFixture) -> None:
-    for main in (loop_flax.main, loop_torch.main):
-        with pytest.raises(SystemExit):
-            main(["--help"])
-        text = " ".join(capsys.readouterr().out.split())
-        assert "(default: None)" not in text and "(default: True)" not in text and "(default: False)" not in text
-        for flag in ("--lr LR", "--weight-decay WEIGHT_DECAY", "--eval-resize EVAL_RESIZE"):  # their help says it
-            entry = text.split(flag, 2)[2].split(" --", 1)[0]
-            assert entry.count("default") == 1, entry
-        assert "--epochs EPOCHS training epochs (default: 5)" in text
-
-
 def test_rerunning_a_finished_run_reports_its_final_metrics(reference: Path, data_dir: Path, init_file: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
     """The same command again on a finished workdir: no training, the final state scored again, not `"final": {}`."""

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from r34 import PRESETS, get_preset
+from r34.cli_help import DefaultsHelpFormatter
 from r34_flax.conversion import from_torch, to_torch
 from r34_flax.precision import use_full_precision
 from r34_torch import resnet as torch_resnet
@@ -59,14 +60,19 @@ def run(preset: str, size: int, batch: int, float64: bool, seed: int) -> dict[st
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="resnet34", choices=list(PRESETS))
-    parser.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
-    parser.add_argument("--batch", type=int, default=2)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m r34_flax.demo", description=__doc__,
+                                     formatter_class=DefaultsHelpFormatter)
+    parser.add_argument("--preset", default="resnet34", choices=list(PRESETS), help="model")
+    parser.add_argument("--size", type=int, default=224, help="input height and width")
+    parser.add_argument("--batch", type=int, default=2, help="images in the batch")
     parser.add_argument("--float64", action="store_true", help="run both twins in float64")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and input")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     use_full_precision()
     if args.float64:
         jax.config.update("jax_enable_x64", True)

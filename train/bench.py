@@ -30,6 +30,7 @@ import torch
 from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
+from r34.cli_help import DefaultsHelpFormatter
 from r34.config import ResNetConfig, get_preset
 from r34.machine import cpu_model, vector_extensions
 from r34_flax.model import resnet as flax_resnet
@@ -277,14 +278,22 @@ def parse_case(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from train import bench_pipeline
+
+    pipeline_help = bench_pipeline.build_parser().format_help()
+    p = argparse.ArgumentParser(
+        prog="python -m train.bench", description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter,
+        epilog="The other mode, --pipeline, benchmarks the input pipelines instead (this project's grain pipeline "
+               "against torchvision's DataLoader); its flags:\n\n" + pipeline_help)
+    p.add_argument("--pipeline", action="store_true",
+                   help="benchmark the input pipelines instead of the models (flags below, after the model's)")
     p.add_argument("--preset", default="resnet34", help="model (any preset of r34.config)")
     p.add_argument("--cases", nargs="+", type=parse_case, default=list(CASES), metavar="BATCH@SIZE",
-                   help="batch sizes and image sizes (default 8@224 32@64 128@32)")
+                   help="batch sizes and image sizes (default: 8@224 32@64 128@32)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="compute dtype: Flax dtype=bfloat16 (float32 params) vs torch autocast bfloat16")
-    p.add_argument("--torch-device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--torch-device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="the PyTorch twin's device")
     p.add_argument("--no-torch-compile", dest="torch_compile", action="store_false",
                    help="skip the torch.compile reference (it compiles for 10-50 s per row on a CPU)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per runner before timing")

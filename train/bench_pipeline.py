@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from r34.cli_help import DefaultsHelpFormatter
 from r34.machine import cpu_description
 from r34_flax.weights_io import atomic_write
 from train.data import pipeline, synthetic
@@ -121,7 +122,8 @@ def format_table(rows: Sequence[Row]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train.bench --pipeline", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m train.bench --pipeline", description=__doc__.split("\n\n")[0],
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--files", type=int, default=2000, help="generated JPEGs (90%% train, 10%% val)")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the JPEGs are generated once")
     p.add_argument("--crop-size", type=int, default=224, help="the imagenet preset's crop")

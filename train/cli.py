@@ -6,25 +6,13 @@ import argparse
 import os
 from pathlib import Path
 
+from r34.cli_help import DefaultsHelpFormatter
 from r34.config import PRESETS
 from train.data.pipeline import DEFAULT_TFDS_DIR
 from train.data.transforms import AUGMENTS
 
 DEFAULT_DATA_DIR = DEFAULT_TFDS_DIR
 DEFAULT_COMPILE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "r34" / "jax"
-
-
-class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """Appends "(default: X)" where it tells something: not where the help already states the default, not for a
-    None default (the help says what happens then) and not for on/off switches (--resume/--restart share one
-    destination, whose default would be printed as the other flag's)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        help_text = action.help or ""
-        if ("default" in help_text or action.default in (None, argparse.SUPPRESS)
-                or action.nargs == 0 or not action.option_strings):
-            return help_text
-        return f"{help_text} (default: %(default)s)".strip()
 
 
 def build_parser(prog: str, description: str, flax: bool) -> argparse.ArgumentParser:
@@ -49,8 +37,8 @@ def build_parser(prog: str, description: str, flax: bool) -> argparse.ArgumentPa
                         "data sets of variable image size (image folders, imagenette, imagenet2012), cifar for "
                         "fixed-size ones; flips only where they keep the label (not digits or script)")
     p.add_argument("--image-size", "--crop-size", dest="image_size", type=int,
-                   help="the model's input size: the crop (imagenet, default 224) or the square (cifar, default "
-                        "the data set's)")
+                   help="the model's input size: the crop (imagenet: 224 by default) or the square (cifar: the data "
+                        "set's size unless given)")
     p.add_argument("--eval-resize", type=int,
                    help="imagenet eval: the shorter side is resized to this before the centre crop (default 256 "
                         "for a 224 crop, as torchvision's V1 weights; 232 for its V2 weights)")

@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from r34.cli_help import DefaultsHelpFormatter
+
 SIZE_RANGE = (300, 640)  # ImageNet's JPEGs are mostly 300-500 px on the shorter side, up to 500-640 on the longer
 QUALITY = 90
 DONE = ".complete"
@@ -60,12 +62,18 @@ def make_folder(root: Path, files: int, classes: int = 10, val_fraction: float =
     return root
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.data.synthetic", description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.data.synthetic", description=__doc__.split("\n\n")[0],
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("root", type=Path, help="folder to write (ImageFolder layout)")
     p.add_argument("--files", type=int, default=2000, help="number of JPEGs, train and val together")
     p.add_argument("--classes", type=int, default=10, help="class folders")
     p.add_argument("--seed", type=int, default=0, help="picture seed")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.files < 2 * args.classes or args.classes < 1:
         p.error(f"--files {args.files} must be at least twice --classes {args.classes} (>= 1)")
