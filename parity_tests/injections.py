@@ -16,16 +16,18 @@ import optax
 from flax import nnx
 
 import r34_flax.layers as layers
+from r34.config import ResNetConfig
 from r34_flax.model import ResNet
 from train import optim_flax
-from train.recipe import Recipe
+from train.recipe import ADAM_BETAS, ADAM_EPS, Recipe
 
 
 @dataclasses.dataclass(frozen=True)
 class Bug:
     name: str
     flax_model: Callable[[ResNet], None] | None = None  # edits the converted Flax twin in place
-    optimizer: Callable[[Recipe], optax.GradientTransformation] | None = None  # replaces optim_flax.make_optimizer
+    # replaces optim_flax.make_optimizer(recipe, config)
+    optimizer: Callable[[Recipe, ResNetConfig], optax.GradientTransformation] | None = None
     biased_running_var: bool = False
 
     @contextlib.contextmanager
@@ -59,12 +61,12 @@ def _flax_momentum(model: ResNet) -> None:
             module.momentum = 1 - module.momentum
 
 
-def _decay_after_momentum(recipe: Recipe) -> optax.GradientTransformation:
+def _decay_after_momentum(recipe: Recipe, config: ResNetConfig) -> optax.GradientTransformation:
     """Weight decay outside the momentum buffer (SGD) or inside Adam's moments (AdamW): torch does the opposite."""
     schedule = optim_flax.make_schedule(recipe)
-    if recipe.optimizer == "adamw":
-        return optax.chain(optax.add_decayed_weights(recipe.weight_decay),
-                           optax.scale_by_adam(recipe.adam_b1, recipe.adam_b2, recipe.adam_eps),
+    if recipe.opt == "adamw":
+        b1, b2 = ADAM_BETAS
+        return optax.chain(optax.add_decayed_weights(recipe.weight_decay), optax.scale_by_adam(b1, b2, ADAM_EPS),
                            optax.scale_by_learning_rate(schedule))
     return optax.chain(optax.trace(recipe.momentum, recipe.nesterov), optax.add_decayed_weights(recipe.weight_decay),
                        optax.scale_by_learning_rate(schedule))
@@ -74,8 +76,10 @@ def _decay_after_momentum(recipe: Recipe) -> optax.GradientTransformation:
 _make_optimizer = optim_flax.make_optimizer
 
 
-def _nesterov_off(recipe: Recipe) -> optax.GradientTransformation:
-    return _make_optimizer(dataclasses.replace(recipe, nesterov=False))
+def _nesterov_flipped(recipe: Recipe, config: ResNetConfig) -> optax.GradientTransformation:
+    """Nesterov off where the recipe has it (the Flax ImageNet recipe's), on where it has plain momentum
+    (torchvision's `--opt sgd`)."""
+    return _make_optimizer(dataclasses.replace(recipe, opt="sgd" if recipe.nesterov else "sgd_nesterov"), config)
 
 
 NO_BUG = Bug("none")
@@ -84,5 +88,5 @@ BUGS: dict[str, Bug] = {b.name: b for b in (
     Bug("bn_momentum_convention", flax_model=_flax_momentum),
     Bug("biased_running_var", biased_running_var=True),
     Bug("weight_decay_placement", optimizer=_decay_after_momentum),
-    Bug("nesterov_off", optimizer=_nesterov_off),
+    Bug("nesterov_flipped", optimizer=_nesterov_flipped),
 )}

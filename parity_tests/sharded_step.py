@@ -21,7 +21,7 @@ from parity_tests.roundings import ROUNDINGS, Rounding
 from r34.cli_help import DefaultsHelpFormatter
 from r34_flax import flax_state
 from r34_flax.xla_cpu import apply_cpu_flags
-from train.cli import build_parser
+from train.cli import parse
 from train.data import pipeline
 from train.data.transforms import normalization_table
 from train.loop_flax import Run, initial_model, setup
@@ -39,12 +39,11 @@ SHARDED_ROUNDINGS = ("default", "ulp")
 def run(devices: list, plan: Run, rounding: Rounding) -> dict:
     """STEPS of the trainer's step (its model, recipe, batch and flags in `plan`) on a mesh of `devices`, under
     `rounding`: the trained state, flat."""
-    tx = make_optimizer(plan.recipe)
+    tx = make_optimizer(plan.recipe, plan.config)
     mesh = data_mesh(devices)
     graphdef, state = init_train_state(rounding.flax_model(initial_model(plan)[0]), tx, mesh)
-    step = make_train_step(graphdef, tx, plan.recipe.label_smoothing, mesh, plan.args.skip_nonfinite,
-                           normalization_table(plan.spec))
-    batches = pipeline.train_batches(plan.sources["train"], plan.spec, plan.args.batch_size, seed=0, epoch=0)
+    step = make_train_step(graphdef, tx, plan.recipe, mesh, plan.args.skip_nonfinite, normalization_table(plan.spec))
+    batches = pipeline.train_batches(plan.sources["train"], plan.spec, plan.global_batch, seed=0, epoch=0)
     for batch in list(batches)[:STEPS]:
         state, _ = step(state, *shard_batch((batch["image"], batch["labels"]), mesh))
     from flax import nnx
@@ -69,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     trainer_flags = args.trainer_flags
     # The trainer's own step, as the trainer flags configure it (so the trainer run that follows finds the 8-device
     # program compiled); without trainer flags, the tiny body on the digits, batch 32.
-    args = build_parser("sharded_step", __doc__, flax=True).parse_args(
-        ["--preset", "tiny", "--batch-size", "32", "--steps", str(STEPS), "--data-dir", args.data_dir, *trainer_flags])
+    args = parse(["--preset", "tiny", "--batch-size", "4", "--steps", str(STEPS), "--data-dir", args.data_dir,
+                  *trainer_flags], "sharded_step", __doc__, flax=True)
     plan = setup(args)
     for name in SHARDED_ROUNDINGS:
         with ROUNDINGS[name].applied():

@@ -76,9 +76,9 @@ def test_pipeline_benchmark_runs_both_pipelines_and_writes_json(tmp_path: Path) 
             "32", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]
     done = subprocess.run([sys.executable, "-m", "train.bench", *argv], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "| train | 1 |" in done.stdout and "| eval | 1 |" in done.stdout
+    assert "| train | 1 |" in done.stdout and "| train-v2 | 1 |" in done.stdout and "| eval | 1 |" in done.stdout
     report = json.loads(out.read_text())
-    assert [(r["split"], r["workers"]) for r in report["rows"]] == [("train", 1), ("eval", 1)]
+    assert [(r["split"], r["workers"]) for r in report["rows"]] == [("train", 1), ("train-v2", 1), ("eval", 1)]
     assert all(r["ours"] > 0 and r["torchvision"] > 0 for r in report["rows"]) and report["environment"]["cpu"]
     assert (tmp_path / "cache" / "jpegs_40" / "val").is_dir()
 

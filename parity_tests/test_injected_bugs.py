@@ -23,7 +23,7 @@ from r34_flax import from_torch
 TRAIN_MODE_BUGS = ["same_padding", "bn_momentum_convention", "biased_running_var"]
 GRADIENT_BUGS = ["same_padding"]
 TRAJECTORY_BUGS = [("same_padding", "sgd"), ("bn_momentum_convention", "sgd"), ("biased_running_var", "adamw"),
-                   ("weight_decay_placement", "sgd"), ("weight_decay_placement", "adamw"), ("nesterov_off", "sgd")]
+                   ("weight_decay_placement", "sgd"), ("weight_decay_placement", "adamw"), ("nesterov_flipped", "sgd")]
 
 
 def test_eval_check_catches_same_padding() -> None:

@@ -51,7 +51,10 @@ def init_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def flags(data_dir: Path, init_file: Path, workdir: Path, *extra: str) -> list[str]:
-    return ["--preset", "tiny", "--batch-size", "32", "--optimizer", "sgd", "--lr", "0.05", "--steps", str(STEPS),
+    # Nesterov SGD, the schedule stepped every step (2 warmup steps, cosine over the run): this project's earlier
+    # recipe, which these tests were written with (the torchvision recipes: test_recipe_runs.py).
+    return ["--preset", "tiny", "--batch-size", "32", "--opt", "sgd_nesterov", "--lr", "0.05", "--wd", "1e-4",
+            "--warmup-steps", "2", "--steps", str(STEPS),
             "--log-every", "1", "--checkpoint-every", "4", "--no-progress", "--data-dir", str(data_dir),
             "--init-from", str(init_file), "--workdir", str(workdir), *extra]
 
@@ -107,7 +110,8 @@ def test_final_line_reports_equal_flax_and_torch_accuracy(tmp_path: Path, data_d
     assert "final top1/fc: flax" in out and "torch re-score from model.pth" in out
 
 
-MULTI_DEVICE = ("--steps", "3", "--batch-size", "16", "--checkpoint-every", "2")
+# Global batch 16: 2 per replica, 8 replicas (one per device on 8 devices; the torch trainer's one batch of 16).
+MULTI_DEVICE = ("--steps", "3", "--batch-size", "2", "--world-size", "8", "--checkpoint-every", "2")
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +203,7 @@ def test_bengali_run_reports_the_competition_metric(tmp_path: Path, capsys: pyte
     (["--platform", "gpu"], "A CUDA host needs JAX's CUDA plugin: pip install -e '.[cuda]'"),
     (["--preset", "grapheme34"], "preset 'grapheme34' has heads"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--batch-size", "5000"], "--batch-size 5000 exceeds the 1437 training examples"),
+    (["--batch-size", "5000"], "--batch-size 5000 x 1 replicas = 5000 images exceeds the 1437 training examples"),
     (["--dataset", "bengali_graphemes"], "prepared from files you download yourself: manual dir"),
 ])
 def test_bad_flags_are_clear_errors(extra: list[str], message: str, data_dir: Path, tmp_path: Path,
@@ -224,9 +228,10 @@ def test_batch_not_divisible_by_devices(data_dir: Path, tmp_path: Path, monkeypa
                                         capsys: pytest.CaptureFixture) -> None:
     """Checked before any data or compute; 8 devices stood in by one (the check reads only their number)."""
     monkeypatch.setattr(loop_flax, "select_devices", lambda platform: jax.devices()[:1] * 8)
-    argv = ["--preset", "tiny", "--batch-size", "12", "--data-dir", str(data_dir), "--workdir", str(tmp_path)]
+    argv = ["--preset", "tiny", "--batch-size", "3", "--world-size", "4", "--data-dir", str(data_dir), "--workdir",
+            str(tmp_path)]
     assert loop_flax.main(argv) == 2
-    assert "--batch-size 12 is not divisible by the 8 devices (cpu); use a multiple of 8" in capsys.readouterr().err
+    assert "--batch-size 3 x --world-size 4 = 12 images is not divisible by the 8 devices" in capsys.readouterr().err
 
 
 def copy_run(reference: Path, tmp_path: Path) -> Path:
@@ -328,6 +333,7 @@ def test_two_processes_of_four_devices_train_like_one_of_eight(eight_devices: tu
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     assert "on 8 cpu device(s), batch 16" in outputs[0][0]
+    assert "batch: 2 per replica x 8 replicas = 16 global, 2 per device on 8 device(s)" in outputs[0][0]
     # Only process 0 prints (gloo's own connection messages aside).
     assert not words_besides_gloo(outputs[1][0]), outputs[1][0]
     one, two = exported(eight_devices[0]), exported(tmp_path)
@@ -357,7 +363,7 @@ def test_workdir_of_another_configuration_is_refused(reference: Path, data_dir: 
                                                      tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     workdir = copy_run(reference, tmp_path)
     assert loop_flax.main(flags(data_dir, init_file, workdir, "--lr", "0.07")) == 2
-    assert f"holds a checkpoint (step {STEPS}) of a different configuration (recipe differ)" in \
+    assert f"holds a checkpoint (step {STEPS}) of a different configuration (recipe.lr: 0.05 -> 0.07)" in \
         capsys.readouterr().err
 
 
@@ -378,16 +384,16 @@ def test_bfloat16_run_exports_weights_that_torch_scores_like_flax_float32(data_d
     assert exported(tmp_path)["conv1.weight"].dtype == torch.float32  # float32 parameters under bf16 compute
 
 
-def test_trainer_loss_curve_check_catches_nesterov_off(tmp_path: Path, data_dir: Path, init_file: Path,
+def test_trainer_loss_curve_check_catches_nesterov_flipped(tmp_path: Path, data_dir: Path, init_file: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The trainer loss-curve check can fail: a Flax trainer with Nesterov momentum off (parity_tests/injections.py)
     leaves the torch trainer's curve within the compared steps."""
     short = ("--steps", str(COMPARED_STEPS))
     assert loop_torch.main(flags(data_dir, init_file, tmp_path / "torch", *short)) == 0
-    monkeypatch.setattr(loop_flax, "make_optimizer", BUGS["nesterov_off"].optimizer)
+    monkeypatch.setattr(loop_flax, "make_optimizer", BUGS["nesterov_flipped"].optimizer)
     assert loop_flax.main(flags(data_dir, init_file, tmp_path / "flax", *short)) == 0
     diff = np.abs(train_losses(tmp_path / "flax") - train_losses(tmp_path / "torch"))
-    print(f"\nnesterov_off: flax vs torch trainer loss per step: {np.array2string(diff, precision=1)}")
+    print(f"\nnesterov_flipped: flax vs torch trainer loss per step: {np.array2string(diff, precision=1)}")
     assert diff.max() > F32_TRAINER_LOSS_ABS, diff
 
 
@@ -453,7 +459,8 @@ def test_fine_tunes_a_torchvision_resnet50_checkpoint(data_dir: Path, tmp_path: 
     tv = torchvision.models.resnet50(zero_init_residual=True).state_dict()
     torch.save(tv, tmp_path / "resnet50.pth")
     steps = 2
-    argv = ["--preset", "resnet50", "--batch-size", "8", "--optimizer", "sgd", "--lr", "0.001", "--steps", str(steps),
+    argv = ["--preset", "resnet50", "--batch-size", "8", "--optimizer", "sgd", "--lr", "0.001", "--warmup-steps", "0",
+            "--steps", str(steps),
             "--log-every", "1", "--no-progress", "--data-dir", str(data_dir), "--init-from",
             str(tmp_path / "resnet50.pth"), "--workdir", str(tmp_path / "w")]
     assert loop_flax.main(argv) == 0

@@ -108,13 +108,17 @@ def state_as_torch(state: step_flax.TrainState, graphdef: nnx.GraphDef) -> dict[
 
 def torch_trajectory(model: torch.nn.Module, recipe: Recipe,
                      batches: list[Batch]) -> tuple[np.ndarray, list[dict[str, torch.Tensor]], list[float]]:
-    """The torch trainer's steps over `batches`: (loss per step, state_dict after each step, lr of each step)."""
-    optimizer, scheduler = optim_torch.make_optimizer(model.parameters(), recipe)
+    """The torch trainer's steps over `batches`: (loss per step, state_dict after each step, lr of each step); the
+    scheduler steps every `recipe.steps_per_iteration` optimizer steps, as the trainer's loop steps it."""
+    optimizer = optim_torch.make_optimizer(model, recipe)
+    scheduler = optim_torch.make_scheduler(optimizer, recipe)
     losses, states, lrs = [], [], []
-    for batch in batches:
+    for k, batch in enumerate(batches):
         lrs.append(optimizer.param_groups[0]["lr"])
-        losses.append(step_torch.train_step(model, optimizer, scheduler, batch.torch_images, batch.torch_labels,
-                                            recipe.label_smoothing)["loss"].item())
+        losses.append(step_torch.train_step(model, optimizer, batch.torch_images, batch.torch_labels,
+                                            recipe)["loss"].item())
+        if (k + 1) % recipe.steps_per_iteration == 0:
+            scheduler.step()
         states.append({name: t.clone() for name, t in model.state_dict().items()})
     return np.array(losses), states, lrs
 

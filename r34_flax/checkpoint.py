@@ -18,6 +18,7 @@ from r34.config import ResNetConfig
 from r34_flax.conversion import ConversionError, FlatState, parse_path_name
 
 MODEL_ITEM = "model"
+MODEL_EMA_ITEM = "model_ema"  # the EMA model of a --model-ema run, in the same layout
 CONFIG_ITEM = "config"
 
 
@@ -44,12 +45,17 @@ def unnest(tree: Mapping[str, Any], prefix: str = "") -> FlatState:
     return flat
 
 
-def model_save_args(config: ResNetConfig, flat: Mapping[tuple, Any]) -> dict[str, ocp.args.CheckpointArgs]:
-    """The `model` and `config` items of a step, to merge into the trainer's `ocp.args.Composite`."""
-    return {
+def model_save_args(config: ResNetConfig, flat: Mapping[tuple, Any],
+                    ema: Mapping[tuple, Any] | None = None) -> dict[str, ocp.args.CheckpointArgs]:
+    """The `model` and `config` items of a step (and `model_ema` for an EMA model), to merge into the trainer's
+    `ocp.args.Composite`."""
+    items = {
         MODEL_ITEM: ocp.args.StandardSave(nest(flat)),
         CONFIG_ITEM: ocp.args.JsonSave(config.to_dict()),
     }
+    if ema is not None:
+        items[MODEL_EMA_ITEM] = ocp.args.StandardSave(nest(ema))
+    return items
 
 
 def is_checkpoint_dir(path: Path) -> bool:
@@ -58,8 +64,10 @@ def is_checkpoint_dir(path: Path) -> bool:
     return path.is_dir() and ((path / MODEL_ITEM).is_dir() or any(p.name.isdigit() for p in path.iterdir()))
 
 
-def read_model_checkpoint(path: str | Path, step: int | None = None) -> tuple[ResNetConfig, FlatState, int]:
-    """(config, flat Flax state, step) from a checkpoint root (latest step unless `step`) or a step directory."""
+def read_model_checkpoint(path: str | Path, step: int | None = None,
+                          item: str = MODEL_ITEM) -> tuple[ResNetConfig, FlatState, int]:
+    """(config, flat Flax state, step) from a checkpoint root (latest step unless `step`) or a step directory;
+    `item` MODEL_EMA_ITEM reads the EMA model of a --model-ema run."""
     path = Path(path)
     if (path / MODEL_ITEM).is_dir() and path.name.isdigit():
         root, step = path.parent, int(path.name)
@@ -68,14 +76,14 @@ def read_model_checkpoint(path: str | Path, step: int | None = None) -> tuple[Re
     try:
         manager = ocp.CheckpointManager(
             root.resolve(),
-            item_names=(MODEL_ITEM, CONFIG_ITEM),
+            item_names=(item, CONFIG_ITEM),
             options=ocp.CheckpointManagerOptions(read_only=True),
         )
         step = manager.latest_step() if step is None else step
         if step is None:
             raise ConversionError([f"{root}: no finished checkpoint step found"], "cannot read orbax checkpoint")
         restored = manager.restore(
-            step, args=ocp.args.Composite(**{MODEL_ITEM: ocp.args.StandardRestore(), CONFIG_ITEM: ocp.args.JsonRestore()})
+            step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(), CONFIG_ITEM: ocp.args.JsonRestore()})
         )
         manager.close()
     except ConversionError:
@@ -86,11 +94,12 @@ def read_model_checkpoint(path: str | Path, step: int | None = None) -> tuple[Re
         config = ResNetConfig.from_dict(restored[CONFIG_ITEM])
     except (TypeError, ValueError) as e:
         raise ConversionError([f"{path}: config item: {e}"], "cannot read orbax checkpoint") from e
-    return config, unnest(restored[MODEL_ITEM]), step
+    return config, unnest(restored[item]), step
 
 
 __all__ = [
     "CONFIG_ITEM",
+    "MODEL_EMA_ITEM",
     "MODEL_ITEM",
     "is_checkpoint_dir",
     "model_save_args",

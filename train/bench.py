@@ -45,7 +45,7 @@ from train.step_torch import train_step as torch_train_step
 
 CASES: tuple[tuple[int, int], ...] = ((8, 224), (32, 64), (128, 32))  # (batch, image size)
 # SGD with Nesterov momentum and weight decay: the Flax ImageNet recipe, and the heavier optimizer update of the two.
-RECIPE = Recipe(optimizer="sgd", lr=0.01, total_steps=10_000)
+RECIPE = Recipe(opt="sgd_nesterov", lr=0.01, epochs=1, steps_per_epoch=10_000)
 CACHE_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
 
 
@@ -103,7 +103,7 @@ class FlaxTwin:
     def __init__(self, config: ResNetConfig, batch: int, size: int, dtype: str, seed: int) -> None:
         compute = jnp.bfloat16 if dtype == "bfloat16" else None
         model = flax_resnet(config, seed=seed, dtype=compute)
-        self.tx = flax_optimizer(RECIPE)
+        self.tx = flax_optimizer(RECIPE, config)
         self.mesh = data_mesh()
         self.graphdef, self.state = init_train_state(model, self.tx, self.mesh)
         rng = np.random.default_rng(seed)
@@ -116,7 +116,7 @@ class FlaxTwin:
     def compile_train(self) -> float:
         """Trace, lower and compile the train step; seconds taken."""
         start = time.perf_counter()
-        jitted = make_train_step(self.graphdef, self.tx, RECIPE.label_smoothing, self.mesh)
+        jitted = make_train_step(self.graphdef, self.tx, RECIPE, self.mesh)
         self.step = jitted.lower(self.state, self.images, self.labels).compile()
         return time.perf_counter() - start
 
@@ -132,7 +132,7 @@ class FlaxTwin:
         return time.perf_counter() - start
 
     def train(self) -> None:
-        self.state, metrics = self.step(self.state, self.images, self.labels)
+        self.state, metrics = self.step(self.state, self.images, self.labels, {})
         jax.block_until_ready(metrics)
 
     def inference(self) -> None:
@@ -148,7 +148,7 @@ class TorchTwin:
         self.device = torch.device(device)
         self.model = torch_resnet(config).to(self.device, memory_format=torch.channels_last)
         self.runner = torch.compile(self.model) if compiled else self.model
-        self.optimizer, self.scheduler = torch_optimizer(self.model.parameters(), RECIPE)
+        self.optimizer = torch_optimizer(self.model, RECIPE)
         self.autocast = torch.bfloat16 if dtype == "bfloat16" else None
         gen = torch.Generator().manual_seed(seed)
         images = torch.randn(batch, config.in_channels, size, size, generator=gen)
@@ -156,8 +156,7 @@ class TorchTwin:
         self.labels = {name: torch.randint(0, n, (batch,), generator=gen).to(self.device) for name, n in config.heads}
 
     def train(self) -> None:
-        torch_train_step(self.runner, self.optimizer, self.scheduler, self.images, self.labels,
-                         RECIPE.label_smoothing, autocast_dtype=self.autocast)
+        torch_train_step(self.runner, self.optimizer, self.images, self.labels, RECIPE, autocast_dtype=self.autocast)
         sync(self.device)
 
     def inference(self) -> None:

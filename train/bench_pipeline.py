@@ -8,6 +8,12 @@ RandomResizedCrop + flip, eval = Resize + CenterCrop, normalised, batched. torch
 (the trainer's steps normalise on the device, exactly; `--device` includes that transfer). Each row times --batches batches after one warm-up
 batch; the worker counts run from 1 up to the core count (a scaling row each). `--device` also moves this
 project's batches to the default JAX device (`jax.device_put`, waited for), as the trainer does.
+
+The `train-v2` rows add torchvision's V2 recipe augmentations on both sides: TrivialAugmentWide after the crop and
+flip, RandomErasing(0.1) after normalisation and MixUp(0.2)/CutMix(1.0) per batch (torchvision: v2 transforms in the
+dataset and a RandomChoice in the DataLoader's collate, as its references do). This project draws all of it in the
+input threads and applies the float parts (erasing, mixing) in the train step on the device; with `--device` the
+rows include that jitted normalise + erase + mix.
 """
 
 from __future__ import annotations
@@ -21,18 +27,22 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from r34.cli_help import DefaultsHelpFormatter
 from r34.machine import cpu_description
 from r34_flax.weights_io import atomic_write
 from train.data import pipeline, synthetic
 from train.data.imagenet_transforms import IMAGENET_MEAN, IMAGENET_STD
+from train.data.spec import AugmentSpec
+from train.data.transforms import normalization_table
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "r34" / "bench_jpegs"
 
 
 @dataclasses.dataclass
 class Row:
-    split: str  # train | eval
+    split: str  # train | train-v2 | eval
     workers: int
     ours: float  # img/s
     torchvision: float  # img/s
@@ -50,19 +60,34 @@ def images_per_s(batches: Iterator, count: int, batch_size: int, finish: Callabl
     return count * batch_size / (time.perf_counter() - start)
 
 
+# The V2 recipe's augmentations (torchvision-v2): auto-augment policy, erasing probability, MixUp and CutMix alphas.
+V2_AUGMENTATION = AugmentSpec(auto_augment="ta_wide", random_erase=0.1, mixup_alpha=0.2, cutmix_alpha=1.0)
+SPLITS = ("train", "train-v2", "eval")
+
+
 def torchvision_batches(root: Path, split: str, crop: int, resize: int, batch_size: int, workers: int) -> Iterator:
     import torch
     from torchvision import datasets
     from torchvision import transforms as T
+    from torchvision.transforms import v2
 
     normalize = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    collate = None
     if split == "train":
         transform = T.Compose([T.RandomResizedCrop(crop), T.RandomHorizontalFlip(), *normalize])
+    elif split == "train-v2":  # torchvision's presets.ClassificationPresetTrain and train.py's collate
+        transform = v2.Compose([v2.RandomResizedCrop(crop, antialias=True), v2.RandomHorizontalFlip(),
+                                v2.TrivialAugmentWide(), v2.PILToTensor(), v2.ToDtype(torch.float, scale=True),
+                                v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.RandomErasing(V2_AUGMENTATION.random_erase)])
+        mix = v2.RandomChoice([v2.MixUp(alpha=V2_AUGMENTATION.mixup_alpha, num_classes=10),
+                               v2.CutMix(alpha=V2_AUGMENTATION.cutmix_alpha, num_classes=10)])
+        collate = lambda batch: mix(*torch.utils.data.default_collate(batch))  # noqa: E731
     else:
         transform = T.Compose([T.Resize(resize), T.CenterCrop(crop), *normalize])
-    folder = datasets.ImageFolder(str(root / ("train" if split == "train" else "val")), transform=transform)
-    loader = torch.utils.data.DataLoader(folder, batch_size=batch_size, shuffle=split == "train",
-                                         num_workers=workers, drop_last=True, persistent_workers=False)
+    folder = datasets.ImageFolder(str(root / ("val" if split == "eval" else "train")), transform=transform)
+    loader = torch.utils.data.DataLoader(folder, batch_size=batch_size, shuffle=split != "eval",
+                                         num_workers=workers, drop_last=True, persistent_workers=False,
+                                         collate_fn=collate)
 
     def endless() -> Iterator:
         while True:
@@ -73,11 +98,13 @@ def torchvision_batches(root: Path, split: str, crop: int, resize: int, batch_si
 
 def our_batches(data: tuple, split: str, batch_size: int, workers: int) -> Iterator:
     spec, sources = data
+    if split == "train-v2":
+        spec = dataclasses.replace(spec, augmentation=V2_AUGMENTATION)
 
     def endless() -> Iterator:
         epoch = 0
         while True:
-            if split == "train":
+            if split != "eval":
                 yield from pipeline.train_batches(sources["train"], spec, batch_size, seed=0, epoch=epoch,
                                                   prefetch_threads=workers)
             else:
@@ -87,10 +114,28 @@ def our_batches(data: tuple, split: str, batch_size: int, workers: int) -> Itera
     return endless()
 
 
-def device_finish() -> Callable:
+def device_finish(spec: pipeline.DatasetSpec, split: str) -> Callable:
+    """Moves a batch to the JAX device as the trainer does; for train-v2 also the step's normalise + erase + mix."""
     import jax
+    import jax.numpy as jnp
 
-    return lambda batch: jax.block_until_ready(jax.device_put(batch["image"]))
+    if split != "train-v2":
+        return lambda batch: jax.block_until_ready(jax.device_put(batch["image"]))
+    from train.step_flax import augment_batch, normalize_images
+    from train.recipe import Recipe
+
+    table = jnp.asarray(normalization_table(spec))
+    recipe = Recipe(mixup_alpha=V2_AUGMENTATION.mixup_alpha, cutmix_alpha=V2_AUGMENTATION.cutmix_alpha)
+    heads = dict(spec.heads)
+    augment = jax.jit(lambda images, labels, params: augment_batch(normalize_images(images, table), labels, params,
+                                                                   heads, recipe, jnp.int32(0)))
+
+    def finish(batch: dict) -> object:
+        params = {"erase": batch["erase"], "mix": {k: v.astype(np.float32) if v.dtype == np.float64 else v
+                                                   for k, v in batch["mix"].items()}}
+        return jax.block_until_ready(augment(jax.device_put(batch["image"]), batch["labels"], params))
+
+    return finish
 
 
 def run(args: argparse.Namespace) -> list[Row]:
@@ -98,10 +143,10 @@ def run(args: argparse.Namespace) -> list[Row]:
     data = pipeline.load("imagefolder", root, args.crop_size, prepared_dir=args.cache_dir / "prepared",
                          augment="imagenet")
     spec = data[0]
-    finish = device_finish() if args.device else (lambda b: b)
     rows = []
     for workers in args.workers:
-        for split in ("train", "eval"):
+        for split in SPLITS:
+            finish = device_finish(spec, split) if args.device else (lambda b: b)
             theirs = images_per_s(torchvision_batches(root, split, spec.image_size, spec.eval_resize,
                                                       args.batch_size, workers), args.batches, args.batch_size)
             ours = images_per_s(our_batches(data, split, args.batch_size, workers), args.batches, args.batch_size,

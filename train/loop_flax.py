@@ -20,7 +20,7 @@ from flax import nnx, traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from r34_flax.checkpoint import model_save_args
+from r34_flax.checkpoint import MODEL_EMA_ITEM, model_save_args, read_model_checkpoint
 from r34_flax.conversion import ConversionError, flax_model, flax_state, flax_to_torch
 from r34_flax.model import ResNet, resnet
 from r34_flax.weights_io import write_flax_weights, write_torch_weights
@@ -28,9 +28,10 @@ from train import eval_only as eval_only_lib
 from train import metrics as metrics_lib
 from train.data import pipeline
 from train.data.transforms import normalization_table
+from train.cli import FlagError
 from train.model_setup import ConfigError, read_init_weights
-from train.plan import Plan, make_plan
-from train.optim_flax import make_optimizer, make_schedule
+from train.optim_flax import make_optimizer
+from train.plan import Plan, announce, identity_differences, make_plan, write_config
 from train.step_flax import TrainState, data_mesh, init_train_state, make_train_step, normalize_images
 
 TRAIN_STATE, META = "train_state", "meta"
@@ -44,8 +45,12 @@ class RunError(RuntimeError):
 class Run(Plan):
     """The plan plus what JAX adds: devices and compute dtype."""
 
-    devices: list[jax.Device] = dataclasses.field(default_factory=list)
+    devices: list[jax.Device] = dataclasses.field(default_factory=list)  # type: ignore[assignment]
     dtype: Any = jnp.float32
+
+    @property
+    def device_count(self) -> int:
+        return len(self.devices)
 
 
 # What a plain `pip install -e .` lacks for each accelerator (extras of pyproject.toml, pinned to the project's jax).
@@ -88,11 +93,9 @@ def setup(args: argparse.Namespace) -> Run:
     """Everything checked before any compute: platform, data, model config, batch divisibility, recipe."""
     devices = select_devices("tpu" if args.tpu else args.platform)
     dtype = jnp.bfloat16 if (args.dtype or ("bfloat16" if args.tpu else "float32")) == "bfloat16" else jnp.float32
-    if args.batch_size % len(devices):
-        raise ConfigError(f"--batch-size {args.batch_size} is not divisible by the {len(devices)} devices "
-                          f"({devices[0].platform}); use a multiple of {len(devices)}")
-    plan = make_plan(args, "flax")
-    return Run(**{f.name: getattr(plan, f.name) for f in dataclasses.fields(Plan)}, devices=devices, dtype=dtype)
+    plan = make_plan(args, "flax", devices=len(devices))
+    fields = {f.name: getattr(plan, f.name) for f in dataclasses.fields(Plan) if f.name != "devices"}
+    return Run(**fields, devices=devices, dtype=dtype)
 
 
 def initial_model(run: Run, weights: Path | None = None, heads_required: bool = False) -> tuple[ResNet, list[str]]:
@@ -118,15 +121,20 @@ def checkpoint_manager(run: Run) -> ocp.CheckpointManager:
                                             override=True)
     options = ocp.CheckpointManagerOptions(max_to_keep=run.args.keep, save_interval_steps=1,
                                            enable_async_checkpointing=True)
-    return ocp.CheckpointManager((run.workdir / "checkpoints").resolve(), options=options,
-                                 item_names=(TRAIN_STATE, "model", "config", META))
+    items = (TRAIN_STATE, "model", "config", META) + ((MODEL_EMA_ITEM,) if run.recipe.model_ema else ())
+    return ocp.CheckpointManager((run.workdir / "checkpoints").resolve(), options=options, item_names=items)
+
+
+def flat_model_state(graphdef: nnx.GraphDef, params: nnx.State, batch_stats: nnx.State) -> dict:
+    """The model's variables as a flat {path: array} dict (the converter's layout)."""
+    return traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, params, batch_stats))))
 
 
 def save(manager: ocp.CheckpointManager, run: Run, state: TrainState, graphdef: nnx.GraphDef) -> None:
     step = int(state.step)
-    model = nnx.merge(graphdef, state.params, state.batch_stats)
     # jax arrays, not host copies: orbax writes each replicated array once, whatever the process count.
-    items = model_save_args(run.config, traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model))))
+    ema = (flat_model_state(graphdef, state.ema["params"], state.ema["batch_stats"]) if state.ema else None)
+    items = model_save_args(run.config, flat_model_state(graphdef, state.params, state.batch_stats), ema)
     meta = {"step": step, "run": run.identity()}
     manager.save(step, args=ocp.args.Composite(**{TRAIN_STATE: ocp.args.StandardSave(state),
                                                   META: ocp.args.JsonSave(meta), **items}), force=True)
@@ -145,9 +153,9 @@ def restore(manager: ocp.CheckpointManager, run: Run, state: TrainState) -> Trai
             set_aside(manager, run, step, e)
             continue
         if meta["run"] != run.identity():
-            differs = sorted(k for k in run.identity() if meta["run"].get(k) != run.identity()[k])
+            differs = identity_differences(meta["run"], run.identity())
             raise ConfigError(f"working directory {run.workdir} holds a checkpoint (step {step}) of a different "
-                              f"configuration ({', '.join(differs)} differ); use another --workdir or --restart")
+                              f"configuration ({'; '.join(differs)}); use another --output-dir or --restart")
         try:
             args = ocp.args.Composite(**{TRAIN_STATE: ocp.args.StandardRestore(abstract)})
             return manager.restore(step, args=args)[TRAIN_STATE]
@@ -214,11 +222,26 @@ def put_batch(batch: dict, mesh: jax.sharding.Mesh) -> tuple[jax.Array, dict]:
     return put(batch["image"]), {k: put(v) for k, v in batch["labels"].items()}
 
 
+def put_augment(batch: dict, mesh: jax.sharding.Mesh) -> dict:
+    """The batch's drawn augmentation parameters: erasing boxes sharded like the images, the MixUp/CutMix draws
+    (one row per replica of the global batch, the same in every process) replicated; λ at the float dtype."""
+    out = {}
+    if "erase" in batch:
+        out["erase"] = jax.make_array_from_process_local_data(NamedSharding(mesh, PartitionSpec("data")),
+                                                              batch["erase"])
+    if "mix" in batch:
+        replicated = NamedSharding(mesh, PartitionSpec())
+        floating = jnp.result_type(float)
+        out["mix"] = {k: jax.make_array_from_process_local_data(
+            replicated, v.astype(floating) if v.dtype == np.float64 else v) for k, v in batch["mix"].items()}
+    return out
+
+
 def evaluate(run: Run, eval_step, state: TrainState, mesh, shard: pipeline.Sharding) -> dict[str, float]:
     """Top-1/top-5 (and the grapheme metric) of `state` (anything with .params and .batch_stats) on the eval split."""
     acc = metrics_lib.EvalAccumulator()
     sharding = NamedSharding(mesh, PartitionSpec("data"))
-    for batch in pipeline.eval_batches(run.sources["eval"], run.spec, run.args.batch_size, shard):
+    for batch in pipeline.eval_batches(run.sources["eval"], run.spec, run.global_batch, shard):
         images, y = put_batch(batch, mesh)
         mask = jax.make_array_from_process_local_data(sharding, batch["mask"])
         out = jax.device_get(eval_step(state.params, state.batch_stats, images, y, mask))
@@ -228,26 +251,35 @@ def evaluate(run: Run, eval_step, state: TrainState, mesh, shard: pipeline.Shard
     return acc.summarise(dict(run.config.heads))
 
 
-def export(run: Run, model: ResNet) -> tuple[Path, Path]:
-    """torchvision-named .pth and .safetensors of the trained model, and the Flax safetensors."""
+def export(run: Run, model: ResNet, name: str = "model") -> tuple[Path, Path]:
+    """torchvision-named NAME.pth and NAME.safetensors of a trained model, and NAME_flax.safetensors."""
     out = run.workdir / "export"
     out.mkdir(parents=True, exist_ok=True)
     flat = flax_state(model)
     state_dict = flax_to_torch(flat, run.config)
-    pth, st = out / "model.pth", out / "model.safetensors"
+    pth, st = out / f"{name}.pth", out / f"{name}.safetensors"
     write_torch_weights(pth, state_dict, force=True)
     write_torch_weights(st, state_dict, force=True)
-    write_flax_weights(out / "model_flax.safetensors", run.config, flat, force=True)
+    write_flax_weights(out / f"{name}_flax.safetensors", run.config, flat, force=True)
     return pth, st
 
 
 def eval_only(run: Run, mesh: jax.sharding.Mesh, shard: pipeline.Sharding) -> dict[str, Any]:
-    """Score --init-from's weights (else the workdir's latest checkpoint) on the eval split; no training."""
+    """Score --init-from's weights (else the workdir's latest checkpoint, its EMA model with --model-ema) on the
+    eval split; no training."""
     weights = run.args.init_from or run.workdir / "checkpoints"
     if run.args.init_from is None and not weights.is_dir():
         raise ConfigError(f"--eval-only scores --init-from WEIGHTS or the workdir's checkpoints; {weights} does "
                           "not exist")
-    model, _ = initial_model(run, weights, heads_required=True)
+    if run.args.init_from is None and run.args.model_ema:  # torchvision: --test-only --model-ema scores the EMA
+        try:
+            config, flat, step = read_model_checkpoint(weights, item=MODEL_EMA_ITEM)
+        except ConversionError as e:
+            raise ConfigError(f"--test-only --model-ema: {weights} holds no EMA model ({e})") from None
+        model = flax_model(config, flat, dtype=run.dtype)
+        weights = weights / f"{step} (EMA)"
+    else:
+        model, _ = initial_model(run, weights, heads_required=True)
     model.eval()
     graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -266,21 +298,24 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     say = print if lead else (lambda *a, **k: None)
     mesh = data_mesh(run.devices)
     shard = pipeline.Sharding(jax.process_index(), jax.process_count())
+    announce(run, say)
     if args.eval_only:
         return {"eval_only": eval_only(run, mesh, shard)}
     run.workdir.mkdir(parents=True, exist_ok=True)
     damaged = run.workdir / "checkpoints_damaged"
-    if args.resume is False and lead:
+    if args.restart and lead:
         for old in (run.workdir / "checkpoints", damaged):
             shutil.rmtree(old, ignore_errors=True)
         (run.workdir / "metrics.jsonl").unlink(missing_ok=True)
+    if lead:
+        write_config(run, "flax")
     jax.config.update("jax_compilation_cache_dir", str(Path(args.compile_cache).resolve()))
 
     model, notes = initial_model(run)
     for note in notes:
         say(f"init: {note}")
-    tx = make_optimizer(run.recipe)
-    graphdef, state = init_train_state(model, tx, mesh)
+    tx = make_optimizer(run.recipe, run.config)
+    graphdef, state = init_train_state(model, tx, mesh, ema=run.recipe.model_ema)
     model.eval()
     eval_graphdef = nnx.split(model, nnx.Param, nnx.BatchStat)[0]
     manager = checkpoint_manager(run)
@@ -292,14 +327,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     elif damaged.exists() and any(damaged.iterdir()):
         raise RunError(f"no readable checkpoint in {run.workdir / 'checkpoints'}, only damaged ones in {damaged}; "
                        "refusing to start over silently: pass --restart to start over on purpose")
-    step_fn = make_train_step(graphdef, tx, run.recipe.label_smoothing, mesh, args.skip_nonfinite,
-                              normalization_table(run.spec))
-    schedule = make_schedule(run.recipe)
+    step_fn = make_train_step(graphdef, tx, run.recipe, mesh, args.skip_nonfinite, normalization_table(run.spec))
+    lrs, per_lr = run.recipe.lr_per_epoch(), run.recipe.steps_per_iteration
     eval_step = make_eval_step(eval_graphdef, mesh, run.spec)
 
     say(f"training {args.preset} on {run.spec.name} ({run.spec.num_train} train / {run.spec.num_eval} eval, "
         f"{run.spec.image_size}px, {run.spec.channels}ch) on {len(run.devices)} {run.devices[0].platform} device(s), "
-        f"batch {args.batch_size}, {run.total_steps} steps, {jnp.dtype(run.dtype).name} compute")
+        f"batch {run.global_batch}, {run.total_steps} steps, {jnp.dtype(run.dtype).name} compute")
     start = int(state.step)
     progress = tqdm(total=run.total_steps, initial=start, disable=not lead or args.no_progress, unit="step",
                     dynamic_ncols=True)
@@ -308,19 +342,20 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     step = checked = start
     while step < run.total_steps:
         epoch, offset = divmod(step, run.steps_per_epoch)
-        batches = pipeline.train_batches(run.sources["train"], run.spec, args.batch_size, args.seed, epoch, offset,
-                                         shard)
+        batches = pipeline.train_batches(run.sources["train"], run.spec, run.global_batch, args.seed, epoch, offset,
+                                         shard, prefetch_threads=args.workers)
         for batch in clock.batches(batches):
             images, labels = put_batch(batch, mesh)
-            state, step_metrics = step_fn(state, images, labels)
+            state, step_metrics = step_fn(state, images, labels, put_augment(batch, mesh))
             step += 1
             if step % args.log_every == 0 or step == run.total_steps:
                 values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}  # the only host sync
                 check_finite(values, checked, step, manager, run)
                 checked = step
-                values["images_per_s"] = clock.batches_per_s() * args.batch_size
+                values["images_per_s"] = clock.batches_per_s() * run.global_batch
                 values["input_wait"] = clock.fraction()
-                values["lr"] = float(schedule(step - 1))
+                values["lr"] = lrs[(step - 1) // per_lr]
+                values["epoch"] = (step - 1) // run.steps_per_epoch
                 logger.log(step, "train", values)
                 progress.set_postfix(loss=f"{values['loss']:.3f}",
                                      acc=f"{np.mean([v for k, v in values.items() if k.startswith('accuracy')]):.3f}",
@@ -334,11 +369,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 checked = step
                 save(manager, run, state, graphdef)
             if step % run.steps_per_epoch == 0 or step == run.total_steps:
-                final_eval = evaluate(run, eval_step, state, mesh, shard)
-                logger.log(step, "eval", final_eval)
-                if lead:
-                    progress.write(f"step {step} (epoch {step / run.steps_per_epoch:.2f}): "
-                                   + ", ".join(f"{k} {v:.4f}" for k, v in final_eval.items()))
+                final_eval = evaluate_epoch(run, eval_step, state, mesh, shard, logger, step, progress if lead else None)
             if step >= run.total_steps:
                 break
     progress.close()
@@ -357,17 +388,39 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         flax_eval = evaluate(run, make_eval_step(float32_graphdef(run), mesh, run.spec), state, mesh, shard)
         result["eval_float32"], compute = flax_eval, "float32"
     if lead:
-        trained = flax_model(run.config, flax_state(nnx.merge(graphdef, state.params, state.batch_stats)))
+        trained = flax_model(run.config, flat_model_state(graphdef, state.params, state.batch_stats))
         pth, _ = export(run, trained)
+        if state.ema:
+            export(run, flax_model(run.config, flat_model_state(graphdef, state.ema["params"],
+                                                                state.ema["batch_stats"])), "model_ema")
         metrics_lib.plot_curves(logger.path, run.workdir / "curves.png", f"{args.preset} on {run.spec.name}")
         result["torch_rescore"] = torch_rescore(run, pth)
-        say(f"exported {pth} and {pth.with_suffix('.safetensors')}; curves in {run.workdir / 'curves.png'}")
+        say(f"exported {pth} and {pth.with_suffix('.safetensors')}"
+            + (" (and model_ema.*)" if state.ema else "") + f"; curves in {run.workdir / 'curves.png'}")
         for key in flax_eval:
             if key.startswith("top1/") or key == "grapheme_score":
                 say(f"final {key}: flax ({compute}) {flax_eval[key]:.4f}, torch re-score from {pth.name} "
                     f"{result['torch_rescore'][key]:.4f}")
     logger.close()
     return result
+
+
+def evaluate_epoch(run: Run, eval_step, state: TrainState, mesh, shard: pipeline.Sharding,
+                   logger: metrics_lib.Logger, step: int, progress: Any) -> dict[str, float]:
+    """The end-of-epoch evaluation: the model, and beside it the EMA model (torchvision's "EMA" line)."""
+    final_eval = evaluate(run, eval_step, state, mesh, shard)
+    logger.log(step, "eval", final_eval)
+    lines = [f"step {step} (epoch {step / run.steps_per_epoch:.2f}): "
+             + ", ".join(f"{k} {v:.4f}" for k, v in final_eval.items())]
+    if state.ema:
+        ema_eval = evaluate(run, eval_step, SimpleNamespace(params=state.ema["params"],
+                                                            batch_stats=state.ema["batch_stats"]), mesh, shard)
+        logger.log(step, "eval_ema", ema_eval)
+        lines.append("  EMA: " + ", ".join(f"{k} {v:.4f}" for k, v in ema_eval.items()))
+    if progress is not None:
+        for line in lines:
+            progress.write(line)
+    return final_eval
 
 
 def float32_graphdef(run: Run) -> nnx.GraphDef:
@@ -389,15 +442,17 @@ def torch_rescore(run: Run, pth: Path) -> dict[str, float]:
     return evaluate(run, model)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from train.cli import build_parser
+DESCRIPTION = "Train the Flax ResNet twin, data-parallel over all devices."
 
-    args = build_parser("python -m train.flax", "Train the Flax ResNet twin, data-parallel over all devices.",
-                        flax=True).parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    from train import cli
+
     try:
+        args = cli.parse(argv, "python -m train.flax", DESCRIPTION, flax=True)
         initialize_distributed(args)
         result = train(args)
-    except (ConfigError, RunError, pipeline.DataError, ConversionError) as e:
+    except (ConfigError, RunError, pipeline.DataError, ConversionError, FlagError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if "eval_only" in result:

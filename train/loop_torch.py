@@ -19,8 +19,8 @@ from train import metrics as metrics_lib
 from train.data import pipeline
 from train.data.transforms import normalization_table, normalize
 from train.model_setup import ConfigError, read_init_weights
-from train.optim_torch import make_optimizer
-from train.plan import Plan, make_plan
+from train.optim_torch import ExponentialMovingAverage, make_optimizer, make_scheduler, update_ema
+from train.plan import Plan, announce, identity_differences, make_plan, write_config
 from train.step_torch import heads_of, train_step
 
 
@@ -46,7 +46,7 @@ def evaluate(plan: Plan, model: torch.nn.Module) -> dict[str, float]:
     acc = metrics_lib.EvalAccumulator()
     table = normalization_table(plan.spec)
     with torch.no_grad():
-        for batch in pipeline.eval_batches(plan.sources["eval"], plan.spec, plan.args.batch_size):
+        for batch in pipeline.eval_batches(plan.sources["eval"], plan.spec, plan.global_batch):
             images, _ = to_torch_batch(batch, table)
             for head, logits in heads_of(model(images), plan.config).items():
                 top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices.numpy()
@@ -65,61 +65,94 @@ def eval_only(plan: Plan) -> dict[str, Any]:
         if not weights.is_file():
             raise ConfigError(f"--eval-only scores --init-from WEIGHTS or the workdir's checkpoint; {weights} does "
                               "not exist")
-        model.load_state_dict(torch.load(weights, weights_only=True)["model"], strict=True)
+        saved = torch.load(weights, weights_only=True)
+        if plan.args.model_ema:  # torchvision: --test-only --model-ema scores the EMA model
+            if "model_ema" not in saved:
+                raise ConfigError(f"--test-only --model-ema: {weights} holds no EMA model")
+            ema = ExponentialMovingAverage(model, plan.recipe.ema_decay)
+            ema.load_state_dict(saved["model_ema"])
+            model = ema.module
+        else:
+            model.load_state_dict(saved["model"], strict=True)
     return eval_only_lib.report(plan, evaluate(plan, model), weights, "torch", "float32")
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
+    from train import augment_torch
+
     plan = make_plan(args, "torch")
+    announce(plan, print)
     if args.eval_only:
         return {"eval_only": eval_only(plan)}
     plan.workdir.mkdir(parents=True, exist_ok=True)
     ckpt = plan.workdir / "checkpoint.pth"
-    if args.resume is False:
+    if args.restart:
         ckpt.unlink(missing_ok=True)
         (plan.workdir / "metrics.jsonl").unlink(missing_ok=True)
+    write_config(plan, "torch")
+    recipe = plan.recipe
     model, notes = initial_model(plan)
     for note in notes:
         print(f"init: {note}")
-    optimizer, scheduler = make_optimizer(model.parameters(), plan.recipe)
+    optimizer = make_optimizer(model, recipe)
+    scheduler = make_scheduler(optimizer, recipe)
+    ema = ExponentialMovingAverage(model, recipe.ema_decay) if recipe.model_ema else None
     logger = metrics_lib.Logger(plan.workdir)
     step = 0
     if ckpt.exists():
         saved = torch.load(ckpt, weights_only=True)
-        if saved["identity"] != json.loads(json.dumps(plan.identity())):
-            raise ConfigError(f"working directory {plan.workdir} holds a checkpoint of a different configuration; "
-                              "use another --workdir or --restart")
+        if saved["identity"] != plan.identity():
+            differs = identity_differences(saved["identity"], plan.identity())
+            raise ConfigError(f"working directory {plan.workdir} holds a checkpoint of a different configuration "
+                              f"({'; '.join(differs)}); use another --output-dir or --restart")
         model.load_state_dict(saved["model"], strict=True)
         optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
+        scheduler.load_state_dict(saved["lr_scheduler"])
+        if ema is not None:
+            ema.load_state_dict(saved["model_ema"])
         step = int(saved["step"])
         logger.truncate_after(step)
         print(f"resumed from {ckpt} at step {step}")
 
     def save() -> None:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "step": step, "identity": plan.identity()}
+                 "lr_scheduler": scheduler.state_dict(), "step": step, "epoch": step // plan.steps_per_epoch,
+                 "identity": plan.identity()}
+        if ema is not None:
+            state["model_ema"] = ema.state_dict()
         atomic_write(ckpt, lambda tmp: torch.save(state, tmp), force=True)
 
-    print(f"training {args.preset} (PyTorch) on {plan.spec.name}, batch {args.batch_size}, {plan.total_steps} steps")
+    print(f"training {args.preset} (PyTorch) on {plan.spec.name}, batch {plan.global_batch}, {plan.total_steps} steps")
     model.train()
     progress = tqdm(total=plan.total_steps, initial=step, disable=args.no_progress, unit="step", dynamic_ncols=True)
     final_eval: dict[str, float] = {}
     clock = metrics_lib.InputClock()
     table = normalization_table(plan.spec)
+    classes = dict(plan.config.heads)
     while step < plan.total_steps:
         epoch, offset = divmod(step, plan.steps_per_epoch)
-        for batch in clock.batches(pipeline.train_batches(plan.sources["train"], plan.spec, args.batch_size,
-                                                          args.seed, epoch, offset)):
+        for batch in clock.batches(pipeline.train_batches(plan.sources["train"], plan.spec, plan.global_batch,
+                                                          args.seed, epoch, offset, prefetch_threads=args.workers,
+                                                          ops=augment_torch.torchvision_ops)):
             images, labels = to_torch_batch(batch, table)
+            if "erase" in batch:
+                images = augment_torch.erase(images, batch["erase"])
+            targets = labels
+            if "mix" in batch:
+                images, targets = augment_torch.mix(images, labels, batch["mix"], classes)
             lr = optimizer.param_groups[0]["lr"]
-            step_metrics = train_step(model, optimizer, scheduler, images, labels, plan.recipe.label_smoothing)
+            step_metrics = train_step(model, optimizer, images, targets, recipe)
+            if ema is not None:
+                update_ema(ema, model, recipe, step)
             step += 1
+            if step % recipe.steps_per_iteration == 0:  # torchvision: lr_scheduler.step() after each epoch
+                scheduler.step()
             if step % args.log_every == 0 or step == plan.total_steps:
                 values = {k: float(v) for k, v in step_metrics.items()}
-                values["images_per_s"] = clock.batches_per_s() * args.batch_size
+                values["images_per_s"] = clock.batches_per_s() * plan.global_batch
                 values["input_wait"] = clock.fraction()
                 values["lr"] = lr
+                values["epoch"] = (step - 1) // plan.steps_per_epoch
                 logger.log(step, "train", values)
                 progress.set_postfix(loss=f"{values['loss']:.3f}", img_s=f"{values['images_per_s']:.0f}",
                                      wait=f"{values['input_wait']:.0%}")
@@ -131,6 +164,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 final_eval = evaluate(plan, model)
                 logger.log(step, "eval", final_eval)
                 progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in final_eval.items()))
+                if ema is not None:
+                    ema_eval = evaluate(plan, ema.module)
+                    logger.log(step, "eval_ema", ema_eval)
+                    progress.write("  EMA: " + ", ".join(f"{k} {v:.4f}" for k, v in ema_eval.items()))
             if step >= plan.total_steps:
                 break
     progress.close()
@@ -141,19 +178,23 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     export = plan.workdir / "export"
     export.mkdir(exist_ok=True)
     write_torch_weights(export / "model.pth", model.state_dict(), force=True)
+    if ema is not None:
+        write_torch_weights(export / "model_ema.pth", ema.module.state_dict(), force=True)
     metrics_lib.plot_curves(logger.path, plan.workdir / "curves.png", f"{args.preset} (PyTorch) on {plan.spec.name}")
     logger.close()
     return {"step": step, "eval": final_eval}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from train.cli import build_parser
+DESCRIPTION = "Train the PyTorch ResNet twin (the reference)."
 
-    args = build_parser("python -m train.torch", "Train the PyTorch ResNet twin (the reference).",
-                        flax=False).parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    from train import cli
+
     try:
+        args = cli.parse(argv, "python -m train.torch", DESCRIPTION, flax=False)
         result = train(args)
-    except (ConfigError, pipeline.DataError, ConversionError) as e:
+    except (ConfigError, pipeline.DataError, ConversionError, cli.FlagError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if "eval_only" not in result:

@@ -92,7 +92,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_curves(metrics_path: Path, png: Path, title: str) -> None:
-    """Loss and accuracy curves from metrics.jsonl (train records and eval records) to a PNG."""
+    """Loss, accuracy (train, eval, and the EMA model's eval) and learning-rate curves from metrics.jsonl to a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,20 +100,26 @@ def plot_curves(metrics_path: Path, png: Path, title: str) -> None:
 
     records = read_metrics(metrics_path)
     train = [r for r in records if r["kind"] == "train"]
-    evals = [r for r in records if r["kind"] == "eval"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    evals = {kind: [r for r in records if r["kind"] == kind] for kind in ("eval", "eval_ema")}
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4))
     left.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
     left.set_xlabel("step")
     left.set_ylabel("loss")
     left.legend()
     for key in sorted({k for r in train for k in r if k.startswith("accuracy/")}):
-        right.plot([r["step"] for r in train], [r[key] for r in train], label=f"train {key}", alpha=0.6)
-    for key in sorted({k for r in evals for k in r if k.startswith(("top1/", "grapheme_score"))}):
-        right.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=f"eval {key}")
+        middle.plot([r["step"] for r in train], [r[key] for r in train], label=f"train {key}", alpha=0.6)
+    for kind, rows in evals.items():
+        for key in sorted({k for r in rows for k in r if k.startswith(("top1/", "grapheme_score"))}):
+            middle.plot([r["step"] for r in rows], [r[key] for r in rows], "o-" if kind == "eval" else "s--",
+                        label=f"{kind.replace('_', ' ')} {key}")
+    middle.set_xlabel("step")
+    middle.set_ylabel("accuracy")
+    middle.set_ylim(0, 1)
+    middle.legend(fontsize=7)
+    right.plot([r["step"] for r in train if "lr" in r], [r["lr"] for r in train if "lr" in r], label="learning rate")
     right.set_xlabel("step")
-    right.set_ylabel("accuracy")
-    right.set_ylim(0, 1)
-    right.legend(fontsize=7)
+    right.set_ylabel("learning rate")
+    right.legend()
     fig.suptitle(title)
     fig.tight_layout()
     atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=110), force=True)

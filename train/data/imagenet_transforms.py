@@ -23,6 +23,9 @@ from PIL import Image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESAMPLE = Image.Resampling.BILINEAR  # PIL's bilinear antialiases on downscaling, as torchvision's PIL path does
+# torchvision's --interpolation names -> PIL filters (torchvision's pil_modes_mapping)
+INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                  "bicubic": Image.Resampling.BICUBIC}
 
 
 class Draws(Protocol):
@@ -49,14 +52,14 @@ class NumpyDraws:
         return int(self.rng.integers(low, high))
 
 
-def resize_shorter(image: Image.Image, size: int) -> Image.Image:
+def resize_shorter(image: Image.Image, size: int, resample: Image.Resampling = RESAMPLE) -> Image.Image:
     """torchvision Resize(size) with an int: the shorter side becomes `size`, the longer `int(size * long / short)`
     (truncated)."""
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = size, int(size * long / short)
     new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    return image.resize((new_w, new_h), RESAMPLE)
+    return image.resize((new_w, new_h), resample)
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -75,9 +78,10 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def eval_image(image: Image.Image, resize: int = 256, crop: int = 224) -> np.ndarray:
+def eval_image(image: Image.Image, resize: int = 256, crop: int = 224, resample: Image.Resampling = RESAMPLE
+               ) -> np.ndarray:
     """Resize(resize) + CenterCrop(crop) of an RGB (or L) image, as uint8 HWC."""
-    return np.asarray(center_crop(resize_shorter(image, resize), crop))
+    return np.asarray(center_crop(resize_shorter(image, resize, resample), crop))
 
 
 def random_resized_crop_box(width: int, height: int, draws: Draws, scale: tuple[float, float] = (0.08, 1.0),
@@ -107,14 +111,21 @@ def random_resized_crop_box(width: int, height: int, draws: Draws, scale: tuple[
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def train_crop(image: Image.Image, draws: Draws, crop: int = 224, scale: tuple[float, float] = (0.08, 1.0),
+               ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: float = 0.5,
+               resample: Image.Resampling = RESAMPLE) -> Image.Image:
+    """RandomResizedCrop(crop, scale, ratio, resample) + RandomHorizontalFlip(flip), as a PIL image."""
+    top, left, h, w = random_resized_crop_box(image.size[0], image.size[1], draws, scale, ratio)
+    out = image.crop((left, top, left + w, top + h)).resize((crop, crop), resample)
+    if flip and draws.uniform(0.0, 1.0) < flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return out
+
+
 def train_image(image: Image.Image, draws: Draws, crop: int = 224, scale: tuple[float, float] = (0.08, 1.0),
                 ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: float = 0.5) -> np.ndarray:
     """RandomResizedCrop(crop, scale, ratio, bilinear) + RandomHorizontalFlip(flip), as uint8 HWC."""
-    top, left, h, w = random_resized_crop_box(image.size[0], image.size[1], draws, scale, ratio)
-    out = image.crop((left, top, left + w, top + h)).resize((crop, crop), RESAMPLE)
-    if flip and draws.uniform(0.0, 1.0) < flip:
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(out)
+    return np.asarray(train_crop(image, draws, crop, scale, ratio, flip))
 
 
 def normalize(image: np.ndarray, mean: tuple[float, ...] = IMAGENET_MEAN,

@@ -8,6 +8,7 @@ epoch e depends only on (seed, e, k), so a resumed run reads exactly the batches
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ import tensorflow_datasets as tfds
 
 from train.data import bengali_graphemes, image_folder, sklearn_digits
 from train.data.imagenet_transforms import IMAGENET_MEAN, IMAGENET_STD
-from train.data.spec import DatasetSpec
+from train.data import auto_augment, batch_augment
+from train.data.spec import AugmentSpec, DatasetSpec
 from train.data.transforms import AUGMENTS, default_eval_resize, eval_transform, train_transform
 
 DEFAULT_TFDS_DIR = Path("~/tensorflow_datasets").expanduser()
@@ -61,14 +63,16 @@ def _builder(name: str, data_dir: Path, manual_dir: Path | None) -> tfds.core.Da
 
 def load(name: str, data_dir: Path, image_size: int | None = None, manual_dir: Path | None = None, *,
          augment: str | None = None, eval_resize: int | None = None, prepared_dir: Path | None = None,
-         skip_bad_images: bool = False) -> tuple[DatasetSpec, dict[str, Any]]:
+         skip_bad_images: bool = False, eval_crop: int | None = None,
+         augmentation: AugmentSpec = AugmentSpec()) -> tuple[DatasetSpec, dict[str, Any]]:
     """(spec, {"train": source, "eval": source}) for `name`, preparing it if needed.
 
     `name` is "imagefolder" (then `data_dir` is the folder, prepared into `prepared_dir`), one of this project's
     builders or a TFDS name (then `data_dir` is the TFDS data directory). `augment` picks the preprocessing preset
     (default: imagenet for data sets of variable image size, cifar for fixed-size ones); `image_size` is the crop
-    (default 224 for imagenet, the data set's size for cifar); `eval_resize` the imagenet eval resize (default
-    256 for a 224 crop)."""
+    (default 224 for imagenet, the data set's size for cifar); `eval_crop` the imagenet eval crop (default: the
+    crop); `eval_resize` the imagenet eval resize (default 256 for a 224 eval crop); `augmentation` the recipe's
+    data side (auto-augment, erasing, MixUp/CutMix, repeated augmentation, interpolation)."""
     if augment is not None and augment not in AUGMENTS:
         raise DataError(f"unknown augmentation {augment!r}; one of {', '.join(AUGMENTS)}")
     if name == IMAGE_FOLDER:
@@ -94,10 +98,12 @@ def load(name: str, data_dir: Path, image_size: int | None = None, manual_dir: P
     fixed = len(shape) == 3 and shape[0] is not None and shape[1] is not None
     channels = shape[-1] if len(shape) == 3 and shape[-1] is not None else 3
     augment = augment or ("cifar" if fixed else "imagenet")
-    if augment == "cifar" and eval_resize is not None:
-        raise DataError(f"--eval-resize applies to --augment imagenet; {name} uses cifar (resize to a square)")
+    if augment == "cifar" and (eval_resize is not None or eval_crop is not None):
+        raise DataError(f"--eval-resize/--val-resize-size and --val-crop-size apply to --augment imagenet; {name} "
+                        "uses cifar (resize to a square)")
     size = image_size or (shape[0] if augment == "cifar" and fixed else 224)
-    resize = (eval_resize or default_eval_resize(size)) if augment == "imagenet" else 0
+    crop = eval_crop or size
+    resize = (eval_resize or default_eval_resize(crop)) if augment == "imagenet" else 0
     # Encoded images stay encoded for the imagenet preset: decoded with PIL as torchvision decodes them.
     decoders = ({"image": tfds.decode.SkipDecoding()}
                 if augment == "imagenet" and isinstance(features["image"], tfds.features.Image) else None)
@@ -111,7 +117,8 @@ def load(name: str, data_dir: Path, image_size: int | None = None, manual_dir: P
     mean = IMAGENET_MEAN if channels == 3 else (0.5,) * channels
     std = IMAGENET_STD if channels == 3 else (0.5,) * channels
     spec = DatasetSpec(name, heads, label_keys, channels, size, "train", eval_split, natural, mean, std,
-                       len(sources["train"]), len(sources[eval_split]), augment, resize)
+                       len(sources["train"]), len(sources[eval_split]), augment, resize,
+                       crop if augment == "imagenet" else 0, augmentation)
     return spec, {"train": sources["train"], "eval": sources[eval_split]}
 
 
@@ -126,23 +133,91 @@ class Sharding:
     count: int = 1
 
 
-def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+RA_DIVISOR = 256  # torchvision's RASampler keeps len(dataset) // 256 * 256 images per epoch, split over the replicas
+
+
+def ra_kept(num_examples: int, replicas: int) -> int:
+    """Images each replica keeps per epoch under torchvision's RASampler."""
+    return int(math.floor(num_examples // RA_DIVISOR * RA_DIVISOR / replicas))
+
+
+def steps_per_epoch(num_examples: int, global_batch: int, augmentation: AugmentSpec = AugmentSpec()) -> int:
+    """Full global batches per epoch (a last partial batch is dropped: the train step has one shape)."""
+    if augmentation.ra_reps:
+        return ra_kept(num_examples, augmentation.replicas) // (global_batch // augmentation.replicas)
     return num_examples // global_batch
 
 
+def ra_order(num_examples: int, reps: int, replicas: int, replica_batch: int, seed: int, epoch: int,
+             permutation: np.ndarray | None = None) -> np.ndarray:
+    """torchvision's RASampler for every replica, as global batches: a permutation of the data set seeded by the
+    epoch (`permutation` if given), each index repeated `reps` times in a row, padded with its start to a multiple
+    of the replicas, dealt round-robin; each replica keeps its first `ra_kept` indices. Global batch k is replica
+    0's k-th batch, then replica 1's, ... (the pipeline's global batch layout)."""
+    if permutation is None:
+        permutation = np.random.default_rng([seed, epoch]).permutation(num_examples)
+    order = np.repeat(permutation, reps)
+    total = math.ceil(num_examples * reps / replicas) * replicas
+    order = np.concatenate([order, order[: total - len(order)]])
+    kept = ra_kept(num_examples, replicas)
+    steps = kept // replica_batch
+    per_replica = np.stack([order[r:total:replicas][:kept] for r in range(replicas)])
+    return per_replica[:, :steps * replica_batch].reshape(replicas, steps, replica_batch).transpose(1, 0, 2).ravel()
+
+
+class _Reordered:
+    """`source` read in the order of `indices` (a random-access source for grain)."""
+
+    def __init__(self, source: Any, indices: np.ndarray) -> None:
+        self.source, self.indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.source[int(self.indices[i])]
+
+
+MIX_STREAM = 0x6D6978  # keeps the per-batch MixUp/CutMix draws apart from the per-example ones
+
+
 def train_batches(source: Any, spec: DatasetSpec, global_batch: int, seed: int, epoch: int, start_batch: int = 0,
-                  shard: Sharding = Sharding(), prefetch_threads: int = 4) -> Iterator[Batch]:
-    """Batches of one training epoch for this process, from batch `start_batch` on (to resume mid-epoch)."""
+                  shard: Sharding = Sharding(), prefetch_threads: int = 4,
+                  ops: auto_augment.Ops = auto_augment.PIL_OPS) -> Iterator[Batch]:
+    """Batches of one training epoch for this process, from batch `start_batch` on (to resume mid-epoch).
+
+    The recipe's augmentation (`spec.augmentation`) is drawn here: per example its crop, flip, auto-augment and
+    RandomErasing box; per global batch one MixUp/CutMix draw per replica (`batch["mix"]`, every process the same).
+    `ops` applies auto-augment operations (the PyTorch trainer passes torchvision's kernels)."""
     if global_batch % shard.count:
         raise DataError(f"global batch {global_batch} is not divisible by the {shard.count} processes")
-    steps = steps_per_epoch(len(source), global_batch)
+    augmentation = spec.augmentation
+    steps = steps_per_epoch(len(source), global_batch, augmentation)
     if steps == 0:
-        raise DataError(f"{spec.name}: {len(source)} training examples are fewer than one batch of {global_batch}")
+        kept = (f" (the repeated-augmentation sampler keeps {ra_kept(len(source), augmentation.replicas)} per "
+                f"replica: len // 256 * 256 / replicas)" if augmentation.ra_reps else "")
+        raise DataError(f"{spec.name}: {len(source)} training examples are fewer than one batch of {global_batch}"
+                        f"{kept}")
     # Each process takes its slice of each global batch, so the global batch is the same for any process count.
     per_process = global_batch // shard.count
-    ds = grain.MapDataset.source(source).seed(seed + epoch).shuffle()[: steps * global_batch]
-    ds = ds.random_map(lambda ex, rng: train_transform(ex, rng, spec))
-    ds = ds.batch(global_batch, drop_remainder=True)[start_batch:steps]
+    if augmentation.ra_reps:
+        order = ra_order(len(source), augmentation.ra_reps, augmentation.replicas,
+                         global_batch // augmentation.replicas, seed, epoch)
+        ds = grain.MapDataset.source(_Reordered(source, order)).seed(seed + epoch)
+    else:
+        ds = grain.MapDataset.source(source).seed(seed + epoch).shuffle()[: steps * global_batch]
+    ds = ds.random_map(lambda ex, rng: train_transform(ex, rng, spec, ops))
+    ds = ds.batch(global_batch, drop_remainder=True)
+    if augmentation.mixes:
+        size = spec.image_size
+
+        def draw_mix(k: int, batch: Batch) -> Batch:
+            rng = np.random.default_rng([seed, epoch, k, MIX_STREAM])
+            return {**batch, "mix": batch_augment.batch_mix(rng, augmentation.replicas, augmentation.mixup_alpha,
+                                                            augmentation.cutmix_alpha, size, size)}
+
+        ds = ds.map_with_index(draw_mix)
+    ds = ds[start_batch:steps]
     ds = ds.map(lambda b: _process_slice(b, shard.index * per_process, per_process))
     options = grain.ReadOptions(num_threads=prefetch_threads, prefetch_buffer_size=prefetch_threads)
     return iter(ds.to_iter_dataset(options))
@@ -171,8 +246,13 @@ def _pad(batch: Batch, size: int) -> Batch:
 
 
 def _process_slice(batch: Batch, start: int, size: int) -> Batch:
+    """This process's images (and their labels, masks, erasing boxes) of a global batch; MixUp/CutMix draws are
+    per replica of the global batch and kept whole."""
     take = lambda a: a[start:start + size]  # noqa: E731
     out = {"image": take(batch["image"]), "labels": {k: take(v) for k, v in batch["labels"].items()}}
-    if "mask" in batch:
-        out["mask"] = take(batch["mask"])
+    for key in ("mask", "erase"):
+        if key in batch:
+            out[key] = take(batch[key])
+    if "mix" in batch:
+        out["mix"] = batch["mix"]
     return out

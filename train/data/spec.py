@@ -11,6 +11,27 @@ from collections.abc import Mapping
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentSpec:
+    """The data side of a training recipe, torchvision's flags: per-example auto-augment policy and random erasing,
+    the interpolation of every resize and geometric operation, per-batch MixUp/CutMix, repeated augmentation, and
+    the replicas (torchvision's GPUs: MixUp pairs, RASampler's split) a global batch is made of."""
+
+    auto_augment: str | None = None  # train/data/auto_augment.POLICIES
+    ra_magnitude: int = 9
+    augmix_severity: int = 3
+    random_erase: float = 0.0
+    interpolation: str = "bilinear"
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    ra_reps: int = 0  # RASampler repetitions; 0 = no repeated augmentation
+    replicas: int = 1
+
+    @property
+    def mixes(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """What the trainer needs to know about a data set."""
 
@@ -28,3 +49,10 @@ class DatasetSpec:
     num_eval: int
     augment: str = "cifar"  # preprocessing preset, transforms.AUGMENTS
     eval_resize: int = 0  # imagenet: the shorter side before the centre crop
+    eval_crop: int = 0  # imagenet: the centre crop (0: image_size, the train crop)
+    augmentation: AugmentSpec = AugmentSpec()
+
+    @property
+    def eval_size(self) -> int:
+        """The eval images' side."""
+        return self.eval_crop or self.image_size

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from train.data import image_folder, imagenet_transforms
+from train.data import auto_augment, batch_augment, image_folder, imagenet_transforms
 from train.data.spec import DatasetSpec
 
 AUGMENTS = ("imagenet", "cifar")
@@ -71,13 +71,18 @@ def normalize(images: np.ndarray, table: np.ndarray) -> np.ndarray:
     return table[np.arange(table.shape[0]), images]
 
 
-def train_transform(example: Example, rng: np.random.Generator, spec: DatasetSpec) -> dict[str, Any]:
-    """One training example (uint8), augmented with draws from `rng` (one generator per example: reproducible)."""
+def train_transform(example: Example, rng: np.random.Generator, spec: DatasetSpec,
+                    ops: auto_augment.Ops = auto_augment.PIL_OPS) -> dict[str, Any]:
+    """One training example (uint8), augmented with draws from `rng` (one generator per example: reproducible):
+    the preset's crop and flip, then the recipe's auto-augment policy (`ops` applies its operations), then the
+    RandomErasing box (applied after normalisation, in the train step) when --random-erase is set."""
+    augmentation = spec.augmentation
     if spec.augment == "imagenet":
         pil = to_pil(example["image"], spec.channels)
         flip = 0.5 if spec.flip else 0.0
-        image = _hwc(imagenet_transforms.train_image(pil, imagenet_transforms.NumpyDraws(rng), spec.image_size,
-                                                     flip=flip))
+        resample = imagenet_transforms.INTERPOLATIONS[augmentation.interpolation]
+        image = imagenet_transforms.train_crop(pil, imagenet_transforms.NumpyDraws(rng), spec.image_size, flip=flip,
+                                               resample=resample)
     else:
         image = _square(example["image"], spec)
         pad = max(1, spec.image_size // 8)
@@ -86,14 +91,24 @@ def train_transform(example: Example, rng: np.random.Generator, spec: DatasetSpe
         image = padded[top:top + spec.image_size, left:left + spec.image_size]
         if spec.flip and rng.random() < 0.5:
             image = image[:, ::-1]
-    return {"image": np.ascontiguousarray(image), "labels": _labels(example, spec)}
+    if augmentation.auto_augment:
+        pil = image if isinstance(image, Image.Image) else to_pil(np.ascontiguousarray(image), spec.channels)
+        image = auto_augment.auto_augment(pil, augmentation.auto_augment, rng, augmentation.interpolation,
+                                          augmentation.ra_magnitude, augmentation.augmix_severity, ops)
+    image = _hwc(np.asarray(image))
+    out = {"image": np.ascontiguousarray(image), "labels": _labels(example, spec)}
+    if augmentation.random_erase > 0:
+        out["erase"] = np.array(batch_augment.erase_box(rng, image.shape[0], image.shape[1],
+                                                        augmentation.random_erase), np.int32)
+    return out
 
 
 def eval_image(example: Example, spec: DatasetSpec) -> np.ndarray:
     """The uint8 eval image, before normalisation."""
     if spec.augment == "imagenet":
         pil = to_pil(example["image"], spec.channels)
-        return _hwc(imagenet_transforms.eval_image(pil, spec.eval_resize, spec.image_size))
+        resample = imagenet_transforms.INTERPOLATIONS[spec.augmentation.interpolation]
+        return _hwc(imagenet_transforms.eval_image(pil, spec.eval_resize, spec.eval_size, resample))
     return _square(example["image"], spec)
 
 
