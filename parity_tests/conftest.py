@@ -36,10 +36,63 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 
 
-@pytest.hookimpl(trylast=True)  # after -m / -k deselection
+# The quick tier, `pytest -m quick` (docs/testing.md): the smallest check of every public path, for a user's CI on
+# every pull request. Test ids relative to parity_tests/; an id without [params] takes every parametrisation.
+QUICK = (
+    # both twins: torchvision's module tree, names and parameter count
+    "test_models.py::test_resnet34_parameter_count_in_both_twins",
+    "test_models.py::test_torch_state_dict_equals_torchvision[resnet34-resnet34]",
+    # the converter: both directions bit-identical (a Bottleneck body), the CLI's round trip and a refusal
+    "test_conversion.py::test_torch_to_flax_to_torch_is_bit_identical[tiny_bottleneck-torch.float32]",
+    "test_convert_cli.py::test_round_trip_through_every_file_format[tiny]",
+    "test_convert_cli.py::test_bad_weights_exit_2_with_message_and_no_file[shape]",
+    # eval parity: ResNet-34 in float64 and float32 (with the conditioning check), a Bottleneck body in float64
+    "test_family_parity.py::test_every_builder_matches_in_eval_mode[resnet34]",
+    "test_eval_parity.py::test_bottleneck_eval_logits_and_stages_match[resnet50-32-float64-dilation0]",
+    # one train step: every gradient and the BatchNorm statistics, float64 and float32 under two roundings; steps
+    "test_train_parity.py::test_gradients_of_every_parameter[tiny@64-float64-default]",
+    "test_train_parity.py::test_gradients_of_every_parameter[tiny@64-float32-default]",
+    "test_train_parity.py::test_gradients_of_every_parameter[tiny@64-float32-xla_conv]",
+    "test_train_parity.py::test_optimizer_trajectories[tiny-sgd-float64-default]",
+    # a float32 check still catches an injected bug
+    "test_injected_bugs.py::test_train_mode_check_catches[same_padding]",
+    # the same JPEG files to the same logits through both pipelines
+    "test_jpeg_parity.py::test_same_files_same_logits",
+    # the trainer's default run, shortened, and its bad input
+    "test_trainer.py::test_default_run_shortened",
+    "test_trainer.py::test_bad_flags_are_clear_errors",
+    # torchvision's recipe: every learning rate, each optimizer with weight-decay groups, the EMA, the float
+    # augmentations, auto-augment operations, the repeated-augmentation sampler
+    "test_recipe.py::test_learning_rate_of_every_step_equals_torchs_schedulers",
+    "test_recipe.py::test_optimizer_steps_with_weight_decay_groups_equal_torchs",
+    "test_recipe.py::test_ema_parameters_and_buffers_equal_torchvisions",
+    "test_augment_parity.py::test_erasing_mixup_and_cutmix_given_the_same_draws_equal_torchvisions",
+    "test_augment_parity.py::test_every_operation_at_every_bin_and_sign_gives_torchvisions_pixels",
+    "test_augment_parity.py::test_repeated_augmentation_sampler_is_torchvisions",
+    # every command line's --help; the divergence report
+    "test_cli_help.py::test_help_lists_every_flag_with_its_default_once",
+    "test_report.py::test_healthy_twins_pass_and_plot",
+)
+
+
+def in_quick_tier(nodeid: str) -> bool:
+    test = nodeid.split("parity_tests/", 1)[-1]
+    return any(test == entry or ("[" not in entry and test.startswith(entry + "[")) for entry in QUICK)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Start the accelerator extras' resolution (network-bound) as soon as it is known to be selected."""
-    if any(item.originalname == "test_accelerator_extras_resolve" for item in items):
+    """Mark the quick tier."""
+    for item in items:
+        if in_quick_tier(item.nodeid):
+            item.add_marker(pytest.mark.quick)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the accelerator extras' resolution (network-bound) as soon as it is known to be selected (after -m /
+    -k deselection)."""
+    config = session.config
+    if any(item.originalname == "test_accelerator_extras_resolve" for item in session.items):
         from parity_tests.test_install_extras import Resolution
 
         # Inside the session's directory, removed with it (a directory of its own was left behind by every run).

@@ -2,6 +2,7 @@
 
   python -m parity_tests.report --preset resnet34 --size 224 --dtype float32 --mode eval
   python -m parity_tests.report --weights my_resnet.pth --dtype float64 --plot errors.png
+  python -m parity_tests.report --config my_resnet.json --mode train      # a ResNetConfig of your own, as JSON
 
 Prints each module's max |d| and max |d| / max |ref| in execution order and names the first module above
 tolerance. The reference is the torch twin in float64, also for a float32 Flax run (the same weights and input,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from flax import nnx
 
 from parity_tests.helpers import as_torch_layout, max_abs, nchw_to_nhwc, precision, torch_model
 from parity_tests.tolerances import F32_FEATURE_MAP_REL, F32_REL, F32_TRAIN_LOGITS_REL, F64_ABS
-from r34 import PRESETS, get_preset
+from r34 import PRESETS, ResNetConfig, get_preset
 from r34.cli_help import DefaultsHelpFormatter
 from r34.machine import cpu_description
 from r34_flax.conversion import ConversionError, from_torch
@@ -178,6 +180,12 @@ def load_reference(args: argparse.Namespace) -> torch.nn.Module:
         model = torch_resnet(config)
         model.load_state_dict(state_dict, strict=True)
         return model
+    if args.config:
+        try:
+            config = ResNetConfig.from_dict(json.loads(Path(args.config).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"--config {args.config}: not a readable ResNetConfig JSON file ({e})") from None
+        return torch_model(config, args.seed)
     return torch_model(get_preset(args.preset), args.seed)
 
 
@@ -188,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--weights", type=Path, help="torch weights file (.pth/.pt/.safetensors) to compare with")
     source.add_argument("--preset", choices=list(PRESETS), default="tiny",
                         help="random weights with randomised BatchNorm statistics for this preset")
+    source.add_argument("--config", type=Path, metavar="FILE.json",
+                        help="random weights for an architecture of your own: a ResNetConfig as JSON "
+                             "(ResNetConfig.to_dict(), e.g. {\"block\": \"bottleneck\", \"stage_sizes\": "
+                             "[2, 2, 2, 2], ...})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and input")
     parser.add_argument("--size", type=int, default=64, help="input height and width")
     parser.add_argument("--batch", type=int, default=2, help="images in the batch")
@@ -221,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConversionError, ValueError, RuntimeError) as e:  # bad weights; input too small for the network
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    source = args.weights or f"preset {args.preset}, seed {args.seed}"
+    made = f"config {args.config}" if args.config else f"preset {args.preset}"
+    source = args.weights or f"{made}, seed {args.seed}"
     print(f"{source}: {args.mode} mode, {args.dtype}, input {args.batch}x{channels}x{args.size}x{args.size}; "
           f"reference: the torch twin in float64")
     print(f"CPU: {cpu_description()}")

@@ -111,7 +111,6 @@ MIX = {"kind": np.array([batch_augment.MIXUP, batch_augment.CUTMIX], np.int32),
 HEADS = {"fc": 10, "vowel": 7}
 
 
-@pytest.mark.quick
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_erasing_mixup_and_cutmix_given_the_same_draws_equal_torchvisions(dtype: str) -> None:
     """The Flax step's RandomErasing, MixUp (replica 0) and CutMix (replica 1) against torchvision's v2 transforms
@@ -268,7 +267,6 @@ def torchvision_ra_sampler(n: int, replicas: int, rank: int, reps: int, seed: in
     return indices[:num_selected_samples]
 
 
-@pytest.mark.quick
 @pytest.mark.parametrize("n, replicas, reps", [(1000, 1, 3), (1000, 8, 4), (1437, 3, 3), (300, 2, 4)])
 def test_repeated_augmentation_sampler_is_torchvisions(n: int, replicas: int, reps: int) -> None:
     """Given torchvision's permutation, every replica's images per epoch are RASampler's, in order, dealt into the

@@ -68,7 +68,6 @@ def option_entry(text: str, option: str) -> str:
     return " ".join(match.group(0).split())
 
 
-@pytest.mark.quick
 @pytest.mark.parametrize("name", [*ENTRY_POINTS, *MODES])
 def test_help_lists_every_flag_with_its_default_once(name: str, capsys: pytest.CaptureFixture) -> None:
     main, parsers, argv = {**ENTRY_POINTS, **MODES}[name]

@@ -154,5 +154,6 @@ def test_tfds_image_data_sets_get_the_imagenet_preset_decoded_as_torchvision_dec
     assert batch["image"].shape == (4, 224, 224, 3)
     cifar, _ = pipeline.load("imagenette_like", tmp_path, image_size=32, augment="cifar")
     assert (cifar.augment, cifar.image_size, cifar.eval_resize) == ("cifar", 32, 0)
-    with pytest.raises(pipeline.DataError, match="--eval-resize/--val-resize-size and --val-crop-size apply to --augment imagenet"):
+    message = "--eval-resize/--val-resize-size and --val-crop-size apply to --augment imagenet"
+    with pytest.raises(pipeline.DataError, match=message):
         pipeline.load("imagenette_like", tmp_path, augment="cifar", eval_resize=256)

@@ -20,16 +20,15 @@ import optax
 import pytest
 import torch
 from flax import nnx, traverse_util
-from torchvision.transforms import v2
 
 from parity_tests.helpers import max_rel, precision, torch_model
 from parity_tests.train_twins import state_as_torch
-from parity_tests.tolerances import F64_TRAJECTORY, STATISTICAL_P
+from parity_tests.tolerances import F64_TRAJECTORY
 from r34 import get_preset
 from r34_flax import flax_to_torch, from_torch
 from r34_flax.conversion import conversion_table
 from train import augment_flax, augment_torch, optim_flax, optim_torch, step_flax, step_torch
-from train.data import batch_augment, pipeline
+from train.data import batch_augment
 from train.recipe import Recipe, group_decay
 from train.schedules import SCHEDULERS, WARMUP_METHODS
 
@@ -71,7 +70,6 @@ LR_RECIPES = [
             lr_warmup_decay=0.1, epochs=10, steps_per_epoch=1, schedule_unit="step")]
 
 
-@pytest.mark.quick
 @pytest.mark.parametrize("recipe", LR_RECIPES, ids=lambda r: f"{r.lr_scheduler}-{r.lr_warmup_method}"
                          f"{r.lr_warmup_epochs}-lr{r.lr}-min{r.lr_min}-{r.schedule_unit}")
 def test_learning_rate_of_every_step_equals_torchs_schedulers(recipe: Recipe) -> None:
@@ -135,7 +133,6 @@ STATE_FIELDS = {optax.TraceState: {"trace": "momentum_buffer"},
                 optax.ScaleByRmsState: {"nu": "square_avg"}}
 
 
-@pytest.mark.quick
 @pytest.mark.parametrize("name", OPTIMIZER_RECIPES)
 def test_optimizer_steps_with_weight_decay_groups_equal_torchs(name: str) -> None:
     """Three steps of each --opt with its weight-decay groups (and --clip-grad-norm, clipping) from the same
@@ -156,7 +153,8 @@ def test_optimizer_steps_with_weight_decay_groups_equal_torchs(name: str) -> Non
         rng = np.random.default_rng(1)
         clipped = []
         for step in range(3):
-            grads = {n: torch.from_numpy(rng.standard_normal(p.shape) * (1 + step)) for n, p in model.named_parameters()}
+            grads = {n: torch.from_numpy(rng.standard_normal(p.shape) * (1 + step))
+                     for n, p in model.named_parameters()}
             for n, p in model.named_parameters():
                 p.grad = grads[n].clone()
             optim_torch.clip_gradients(model, recipe)
@@ -219,7 +217,6 @@ def ema_runs(recipe: Recipe, dtype: str, steps: int = 12) -> list[tuple[dict, di
     return out
 
 
-@pytest.mark.quick
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_ema_parameters_and_buffers_equal_torchvisions(dtype: str) -> None:
     """12 steps of 3-step epochs, update every 2 iterations of an epoch, 2 warmup epochs (the average restarts
@@ -314,13 +311,14 @@ def flax_v2_trajectory(recipe: Recipe, batches: list[dict]) -> tuple[list, list,
         step = step_flax.make_train_step(graphdef, tx, recipe, mesh)
         losses, states, emas = [], [], []
         for batch in batches:
-            augment = {"erase": jnp.asarray(batch["erase"]), "mix": {k: jnp.asarray(v) for k, v in batch["mix"].items()}}
+            augment = {"erase": jnp.asarray(batch["erase"]),
+                       "mix": {k: jnp.asarray(v) for k, v in batch["mix"].items()}}
             labels = {h: jnp.asarray(v.astype(np.int32)) for h, v in batch["labels"].items()}
             state, metrics = step(state, jnp.asarray(batch["image"]), labels, augment)
             losses.append(float(metrics["loss"]))
             states.append(state_as_torch(state, graphdef))
-            emas.append(state_as_torch(SimpleNamespace(params=state.ema["params"], batch_stats=state.ema["batch_stats"]),
-                                       graphdef))
+            average = SimpleNamespace(params=state.ema["params"], batch_stats=state.ema["batch_stats"])
+            emas.append(state_as_torch(average, graphdef))
     return losses, states, emas
 
 

@@ -77,3 +77,39 @@ def test_named_recipe_runs_in_both_trainers(recipe: str, folder: Path, init_file
     print(f"\n{recipe}: lr per epoch {sorted(set(lrs['flax']), reverse=True)}; flax vs torch loss per step "
           f"{np.array2string(diff[:8], precision=1)}")
     assert diff[:COMPARED_STEPS].max() <= F32_TRAINER_LOSS_ABS, diff
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr-scheduler", "onecycle"], "invalid choice: 'onecycle'"),
+    (["--auto-augment", "rand"], "invalid choice: 'rand'"),
+    (["--opt", "lamb"], "invalid choice: 'lamb'"),
+    (["--lr-warmup-epochs", "5", "--epochs", "5"], "--lr-warmup-epochs must be in [0, --epochs=5)"),
+    (["--mixup-alpha", "-0.1"], "--mixup-alpha must be >= 0"),
+    (["--cutmix-alpha", "-1"], "--cutmix-alpha must be >= 0"),
+    (["--ra-sampler", "--ra-reps", "0"], "--ra-reps must be >= 1 with --ra-sampler"),
+    (["--model-ema", "--model-ema-steps", "0"], "--model-ema-steps must be >= 1"),
+    (["--val-resize-size", "200", "--val-crop-size", "224"], "--val-resize-size 200 cannot give a 224 px centre crop"),
+    (["--auto-augment", "augmix"], "--auto-augment augmix is not supported"),
+    (["--amp"], "--amp (torchvision's CUDA float16 autocast"),
+    (["--start-epoch", "3"], "--start-epoch is not supported"),
+    (["--optimizer", "sgd", "--opt", "adamw"], "--optimizer (this project's earlier spelling) and --opt"),
+    (["--warmup-steps", "2", "--lr-warmup-epochs", "1"], "--warmup-steps (steps, this project's earlier schedule)"),
+])
+def test_bad_recipe_flags_are_refused_before_any_data_is_prepared(flags: list[str], message: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """Each refused with its flag named, exit 2, before the data set is prepared or a checkpoint touched."""
+    for main in (loop_flax.main, loop_torch.main):
+        argv = ["--preset", "tiny", "--data-dir", str(tmp_path / "tfds"), "--output-dir", str(tmp_path / "w"), *flags]
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's invalid choice
+            code = e.code
+        assert code == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "tfds").exists() and not (tmp_path / "w").exists()
+
+
+def test_amp_names_what_to_use_in_each_trainer(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = ["--amp", "--data-dir", str(tmp_path / "tfds")]
+    assert loop_flax.main(argv) == 2 and "use --dtype bfloat16" in capsys.readouterr().err
+    assert loop_torch.main(argv) == 2 and "train.torch runs on the CPU; drop --amp" in capsys.readouterr().err

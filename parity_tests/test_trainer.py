@@ -101,6 +101,21 @@ def test_short_run_learns_exports_and_rescoring_agrees(reference: Path, capsys: 
     model.load_state_dict(exported(reference), strict=True)
 
 
+def test_default_run_shortened(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`python -m train.flax` as the README runs it (ResNet-34 on the embedded digits, the digits recipe), two steps:
+    it trains, evaluates, exports torchvision-named weights, and the PyTorch twin re-scores them equally."""
+    assert loop_flax.main(["--steps", "2", "--no-progress", "--data-dir", str(data_dir), "--workdir",
+                           str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "recipe digits (the default for the embedded digits)" in out and "training resnet34 on sklearn_digits" in out
+    final = json.loads(out.strip().splitlines()[-1])
+    assert final["final"] == final["torch_rescore"] and set(final["final"]) == {"top1/fc", "top5/fc"}
+    model = torch_model(get_preset("resnet34").replace(in_channels=1, heads=(("fc", 10),)), seed=0)
+    model.load_state_dict(exported(tmp_path), strict=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["run"]["recipe"]["opt"] == "adamw" and config["total_steps"] == 2
+
+
 def test_final_line_reports_equal_flax_and_torch_accuracy(tmp_path: Path, data_dir: Path, init_file: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
     assert loop_flax.main(flags(data_dir, init_file, tmp_path, *SHORT)) == 0

@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     dtype_help = ("cast floating tensors to this dtype (reported); default keeps float32/float16/bfloat16 and "
                   "casts float64 to float32")
 
-    p = sub.add_parser("to-flax", formatter_class=DefaultsHelpFormatter, help="torch .pth/.pt/.safetensors -> Flax .safetensors",
+    p = sub.add_parser("to-flax", formatter_class=DefaultsHelpFormatter,
+                       help="torch .pth/.pt/.safetensors -> Flax .safetensors",
                        description="Convert a torch state_dict or training checkpoint (torchvision, timm, r34_torch; "
                                    "DataParallel and torch.compile prefixes stripped) to Flax safetensors.")
     p.add_argument("src", help="torch weights: .pth/.pt (loaded with weights_only=True) or .safetensors")
@@ -37,14 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=list(DTYPES), help=dtype_help)
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
 
-    p = sub.add_parser("to-torch", formatter_class=DefaultsHelpFormatter, help="Flax .safetensors or orbax checkpoint -> torch .pth/.safetensors",
+    p = sub.add_parser("to-torch", formatter_class=DefaultsHelpFormatter,
+                       help="Flax .safetensors or orbax checkpoint -> torch .pth/.safetensors",
                        description="Convert Flax weights back to a plain torchvision-named state_dict.")
     p.add_argument("src", help="Flax .safetensors written by to-flax, or the trainer's orbax checkpoint directory")
     p.add_argument("dst", help="output .pth/.pt (torch.save of the state_dict) or .safetensors")
     p.add_argument("--dtype", choices=list(DTYPES), help=dtype_help)
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
 
-    p = sub.add_parser("inspect", formatter_class=DefaultsHelpFormatter, help="describe a weights file and list its problems",
+    p = sub.add_parser("inspect", formatter_class=DefaultsHelpFormatter,
+                       help="describe a weights file and list its problems",
                        description="Print the detected architecture and preset, parameter count, dtypes and every "
                                    "problem that would stop a conversion. Exit 2 if there are problems.")
     p.add_argument("src", help="torch or Flax weights file, or orbax checkpoint directory")

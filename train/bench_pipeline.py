@@ -78,7 +78,8 @@ def torchvision_batches(root: Path, split: str, crop: int, resize: int, batch_si
     elif split == "train-v2":  # torchvision's presets.ClassificationPresetTrain and train.py's collate
         transform = v2.Compose([v2.RandomResizedCrop(crop, antialias=True), v2.RandomHorizontalFlip(),
                                 v2.TrivialAugmentWide(), v2.PILToTensor(), v2.ToDtype(torch.float, scale=True),
-                                v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.RandomErasing(V2_AUGMENTATION.random_erase)])
+                                v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+                                v2.RandomErasing(V2_AUGMENTATION.random_erase)])
         mix = v2.RandomChoice([v2.MixUp(alpha=V2_AUGMENTATION.mixup_alpha, num_classes=10),
                                v2.CutMix(alpha=V2_AUGMENTATION.cutmix_alpha, num_classes=10)])
         collate = lambda batch: mix(*torch.utils.data.default_collate(batch))  # noqa: E731

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from r34.cli_help import DefaultsHelpFormatter
 from r34.config import PRESETS
-from train.data.auto_augment import INTERPOLATIONS, POLICIES
+from train.data.auto_augment import AUGMIX_REFUSAL, INTERPOLATIONS, POLICIES
 from train.data.pipeline import DEFAULT_TFDS_DIR
 from train.data.transforms import AUGMENTS
 from train.recipe import OPTIMIZERS, RECIPES, SCHEDULERS, WARMUP_METHODS
@@ -78,8 +78,8 @@ def build_parser(prog: str, description: str, flax: bool, suppress_defaults: boo
     add(data, "--interpolation", choices=list(INTERPOLATIONS), default="bilinear",
         help="resampling of every resize and geometric augmentation")
     add(data, "--auto-augment", choices=list(POLICIES),
-        help="torchvision's policy after crop and flip: ta_wide (TrivialAugmentWide), ra (RandAugment), augmix, "
-             "or AutoAugment's imagenet/cifar10/svhn")
+        help="torchvision's policy after crop and flip: ta_wide (TrivialAugmentWide), ra (RandAugment), or "
+             "AutoAugment's imagenet/cifar10/svhn (augmix is refused: docs/data.md)")
     add(data, "--ra-magnitude", type=int, default=9, help="RandAugment's magnitude bin (of 31)")
     add(data, "--augmix-severity", type=int, default=3, help="AugMix's severity (1-10)")
     add(data, "--random-erase", type=float, default=0.0,
@@ -261,6 +261,8 @@ def refuse_unsupported(args: argparse.Namespace, explicit: dict, flax: bool) -> 
                             "--platform gpu on a GPU")
     if args.resume is not None and args.restart:
         raise FlagError("--resume and --restart contradict each other: give one")
+    if args.auto_augment == "augmix":
+        raise FlagError(AUGMIX_REFUSAL)
     if args.ra_sampler and args.ra_reps < 1:
         raise FlagError(f"--ra-reps must be >= 1 with --ra-sampler, got {args.ra_reps}")
     if args.warmup_steps is not None:

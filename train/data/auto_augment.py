@@ -1,14 +1,14 @@
 """torchvision's automatic augmentation policies on PIL images, exact: TrivialAugmentWide (`ta_wide`), RandAugment
-(`ra`), AutoAugment (`imagenet`, `cifar10`, `svhn`) and AugMix (`augmix`).
+(`ra`) and AutoAugment (`imagenet`, `cifar10`, `svhn`).
 
 What is torchvision's, as data: each policy's operations, their magnitude bins (torch's float32 `linspace`, which
 this torch build computes with fused multiply-adds: `start + step * i` rounded once), which are signed, AutoAugment's
 25 sub-policies per data set. How an operation is applied: the same PIL calls with the same arguments as torchvision's
 v2 kernels for PIL images (`_apply_image_or_video_transform`: the inverse affine matrix of `F.affine`, `Image.rotate`,
-`ImageEnhance`, `ImageOps`), so a given (operation, magnitude) gives torchvision's pixels; AugMix works on tensors in
-torchvision and is reproduced on uint8 arrays (`augmix.py`). The draws (which operation, which bin, which sign) follow
-torchvision's algorithm with a numpy Generator; torch's random stream itself is not reproduced (the distributions
-are tested instead). Proven in parity_tests/test_augment_parity.py against torchvision, op by op, bin by bin.
+`ImageEnhance`, `ImageOps`), so a given (operation, magnitude) gives torchvision's pixels. (AugMix's table is here for
+the comparison; its policy works on tensors in torchvision and is refused, AUGMIX_REFUSAL.) The draws (which
+operation, which bin, which sign) follow torchvision's algorithm with a numpy Generator; torch's random stream itself
+is not reproduced (the distributions are tested instead). Proven in parity_tests/test_augment_parity.py against torchvision, op by op, bin by bin.
 
 An `Ops` object applies an operation: `PIL_OPS` here; the PyTorch trainer passes one that calls torchvision's own
 kernel (train/augment_torch.py), so both trainers read the same batches.
@@ -24,6 +24,11 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 POLICIES = ("ta_wide", "ra", "augmix", "imagenet", "cifar10", "svhn")
+# torchvision's AugMix applies its operations with its tensor kernels (grid sampling, float32 convolutions), not the
+# PIL kernels this module reproduces: not offered rather than approximated.
+AUGMIX_REFUSAL = ("--auto-augment augmix is not supported: torchvision's AugMix applies its operations with its "
+                  "tensor kernels, which this pipeline does not reproduce pixel for pixel; use ta_wide, ra or an "
+                  "AutoAugment policy (imagenet, cifar10, svhn)")
 INTERPOLATIONS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
                   "bicubic": Image.Resampling.BICUBIC}
 
@@ -274,7 +279,5 @@ def auto_augment(image: Image.Image, policy: str, rng: np.random.Generator, inte
             image = ops(image, name, magnitude, interpolation)
         return image
     if policy == "augmix":
-        from train.data import augmix
-
-        return augmix.augmix(image, rng, augmix_severity, interpolation)
+        raise ValueError(AUGMIX_REFUSAL)
     raise ValueError(f"unknown auto-augment policy {policy!r}; one of {', '.join(POLICIES)}")
