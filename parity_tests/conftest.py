@@ -69,6 +69,10 @@ QUICK = (
     "test_augment_parity.py::test_erasing_mixup_and_cutmix_given_the_same_draws_equal_torchvisions",
     "test_augment_parity.py::test_every_operation_at_every_bin_and_sign_gives_torchvisions_pixels",
     "test_augment_parity.py::test_repeated_augmentation_sampler_is_torchvisions",
+    # published weights: the catalogue, a download into torch's cache loaded by both twins, transformers' format
+    "test_weights.py::test_catalogue_is_torchvisions[resnet50]",
+    "test_weights.py::test_download_lands_in_torchs_cache_once_and_both_twins_load_it",
+    "test_weights.py::test_hugging_face_format_loads_in_transformers_and_both_twins_and_round_trips[resnet18]",
     # every command line's --help; the divergence report
     "test_cli_help.py::test_help_lists_every_flag_with_its_default_once",
     "test_report.py::test_healthy_twins_pass_and_plot",

@@ -462,8 +462,8 @@ def test_input_wait_shows_an_input_bound_run(main, data_dir: Path, init_file: Pa
     assert len(waits) == 2 and waits[-1] > 0.75, waits  # the first interval holds compilation
 
 
-def test_fine_tunes_a_torchvision_resnet50_checkpoint(data_dir: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_fine_tunes_a_torchvision_resnet50_checkpoint(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """`--preset resnet50 --init-from` torchvision's resnet50 file: the Bottleneck body is loaded (its 3-channel stem
     summed to the digits' 1 channel, the 1000-class fc re-initialised for 10), trained, and exported as a
     torchvision-layout state_dict whose body moved from the file's by the steps taken, not re-initialised."""
@@ -472,12 +472,17 @@ def test_fine_tunes_a_torchvision_resnet50_checkpoint(data_dir: Path, tmp_path: 
     # zero_init_residual: a body whose residual branches start near identity, as a trained one is; torchvision's
     # default draw is an exploding 50-layer net whose stem gradient moves it by 5x its size in two steps at lr 1e-3.
     tv = torchvision.models.resnet50(zero_init_residual=True).state_dict()
-    torch.save(tv, tmp_path / "resnet50.pth")
+    # Where torchvision would have downloaded ResNet50_Weights.IMAGENET1K_V1 (random weights here: no network): the
+    # trainer's --init-from torchvision:resnet50.IMAGENET1K_V1 finds it in torch's hub cache.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    cached = tmp_path / "torch_home" / "hub" / "checkpoints" / "resnet50-0676ba61.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(tv, cached)
     steps = 2
     argv = ["--preset", "resnet50", "--batch-size", "8", "--optimizer", "sgd", "--lr", "0.001", "--warmup-steps", "0",
             "--steps", str(steps),
             "--log-every", "1", "--no-progress", "--data-dir", str(data_dir), "--init-from",
-            str(tmp_path / "resnet50.pth"), "--workdir", str(tmp_path / "w")]
+            "torchvision:resnet50.IMAGENET1K_V1", "--workdir", str(tmp_path / "w")]
     assert loop_flax.main(argv) == 0
     out = capsys.readouterr().out
     assert "adapted the 3-channel stem to 1 channel by summing conv1 over its input channels" in out

@@ -7,9 +7,11 @@ the config in its metadata; the trainer's orbax checkpoint directory is accepted
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from collections import Counter
@@ -25,6 +27,7 @@ import safetensors.torch
 import torch
 
 from r34.config import ResNetConfig, body_name, preset_name
+from r34_flax import hf_format
 from r34_flax.checkpoint import is_checkpoint_dir, read_model_checkpoint
 from r34_flax.conversion import (
     COUNT,
@@ -47,6 +50,9 @@ CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
 # Wrappers that prefix every key: DataParallel/DDP and torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 FLAX_FORMAT = "r34_flax"
+HF_CONFIG_METADATA = "hf_config"
+OUTPUT_FORMATS = ("torchvision", "hf")
+TORCHVISION_FORMAT = "torchvision layout (torchvision, timm, r34_torch)"
 DTYPES: Mapping[str, Any] = {
     "float32": np.float32,
     "float16": np.float16,
@@ -62,12 +68,56 @@ def _fail(path: Path | str, problem: str, what: str = "cannot read weights") -> 
 # ------------------------------------------------------------------------------------------------ reading
 
 
+@dataclasses.dataclass
+class TorchWeights:
+    """A torch weights file read into torchvision's names: the state_dict, notes (the first names the format), the
+    format it came in (TORCHVISION_FORMAT or hf_format.FORMAT) and, for a transformers checkpoint, its config.json."""
+
+    state_dict: dict[str, torch.Tensor]
+    notes: list[str]
+    format: str
+    hf_config: dict | None = None
+
+
 def read_torch_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """A torch state_dict from `.pth`/`.pt`/`.safetensors`, with notes on what was unwrapped.
+    """A torchvision-named torch state_dict from `.pth`/`.pt`/`.safetensors` (torchvision's and timm's layout), or
+    from a Hugging Face transformers ResNet (a snapshot directory, or its weights file beside its config.json),
+    with notes on what was read and unwrapped; the first note names the format.
 
     Pickles load with `weights_only=True`: a file that needs code to unpickle is refused, never run.
     """
+    weights = read_torch_source(path)
+    return weights.state_dict, weights.notes
+
+
+def read_torch_source(path: str | Path) -> TorchWeights:
+    """read_torch_weights, keeping what it came as (to write it back in its own format)."""
     path = Path(path)
+    snapshot = hf_format.snapshot_files(path) if path.exists() else None
+    if path.is_dir():
+        if snapshot is None:
+            raise _fail(path, f"a directory without a Hugging Face snapshot ({hf_format.CONFIG_FILE} and one of "
+                              f"{', '.join(hf_format.WEIGHT_FILES)})")
+        path = snapshot[1]
+    state_dict, notes = _read_torch_file(path)
+    if not hf_format.is_hf_state_dict(state_dict):
+        notes.insert(0, f"format: {TORCHVISION_FORMAT}")
+        return TorchWeights(state_dict, notes, TORCHVISION_FORMAT)
+    hf = None
+    if snapshot is not None:
+        hf = hf_format.read_config(snapshot[0])
+        hf_format.config_from_hf(hf, str(snapshot[0]))  # refuses what torchvision's ResNet is not
+        notes.append(f"read {snapshot[0]} (architecture {hf.get('architectures')}, layer_type "
+                     f"{hf.get('layer_type')}, depths {hf.get('depths')})")
+    else:
+        notes.append(f"no {hf_format.CONFIG_FILE} beside {path}: assuming transformers' ResNet layout (V1.5)")
+    state_dict, head = hf_format.to_torchvision(state_dict, str(path))
+    kind = "ResNetForImageClassification" if head else "ResNetModel, no classifier"
+    notes.insert(0, f"format: {hf_format.FORMAT} ({kind}); keys renamed to torchvision's")
+    return TorchWeights(state_dict, notes, hf_format.FORMAT, hf)
+
+
+def _read_torch_file(path: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     notes: list[str] = []
     if not path.is_file():
         raise _fail(path, "no such file")
@@ -79,7 +129,7 @@ def read_torch_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], list[
         if _safetensors_format(path) == FLAX_FORMAT:
             raise _fail(path, "is a Flax weights file (r34_flax layout), not torch weights; use to-torch")
         notes.append(f"read {path} (safetensors, {len(obj)} tensors)")
-    elif path.suffix in TORCH_PICKLE_SUFFIXES:
+    elif path.suffix in TORCH_PICKLE_SUFFIXES or path.name in hf_format.WEIGHT_FILES:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
@@ -208,13 +258,16 @@ def atomic_write(dst: str | Path, write: Callable[[Path], None], force: bool = F
 
 
 def write_flax_weights(dst: str | Path, config: ResNetConfig, flat: Mapping[tuple, np.ndarray],
-                       force: bool = False) -> None:
-    """Flax safetensors: keys "layer1/0/conv1/kernel", metadata {"format": "r34_flax", "config": JSON}."""
+                       force: bool = False, hf_config: Mapping | None = None) -> None:
+    """Flax safetensors: keys "layer1/0/conv1/kernel", metadata {"format": "r34_flax", "config": JSON} (and the
+    transformers config.json of a checkpoint that came in that format, to write it back as it was)."""
     dst = Path(dst)
     if dst.suffix != SAFETENSORS:
         raise _fail(dst, f"Flax weights are written as {SAFETENSORS}, got {dst.suffix!r}", "cannot write")
     tensors = {path_name(p): np.ascontiguousarray(v) if v.ndim else v for p, v in flat.items()}
     metadata = {"format": FLAX_FORMAT, "config": json.dumps(config.to_dict())}
+    if hf_config is not None:
+        metadata[HF_CONFIG_METADATA] = json.dumps(hf_config)
     atomic_write(dst, lambda tmp: safetensors.numpy.save_file(tensors, str(tmp), metadata=metadata), force)
 
 
@@ -247,35 +300,79 @@ def _describe(config: ResNetConfig) -> str:
 
 def convert_to_flax(src: str | Path, dst: str | Path, config: ResNetConfig | None = None,
                     dtype: str | None = None, force: bool = False) -> list[str]:
-    """torch weights file -> Flax safetensors. Returns the report lines; raises ConversionError."""
+    """torch weights (torchvision/timm layout or a transformers ResNet) -> Flax safetensors. `dst` may be a
+    directory: the file is named after the source. Returns the report lines; raises ConversionError."""
     dst = Path(dst)
+    if dst.is_dir():
+        dst = dst / f"{Path(src).stem if Path(src).is_file() else Path(src).name}_flax{SAFETENSORS}"
     check_destination(dst, force)
-    state_dict, notes = read_torch_weights(src)
-    config, flat = torch_to_flax(state_dict, config)
+    source = read_torch_source(src)
+    config, flat = torch_to_flax(source.state_dict, config)
     flat, cast_notes = cast_floats(flat, dtype, path_name)
-    write_flax_weights(dst, config, flat, force)
-    return notes + [f"architecture: {_describe(config)}"] + cast_notes + [f"wrote {dst} ({len(flat)} arrays)"]
+    write_flax_weights(dst, config, flat, force, hf_config=source.hf_config)
+    return source.notes + [f"architecture: {_describe(config)}"] + cast_notes + [f"wrote {dst} ({len(flat)} arrays)"]
 
 
-def convert_to_torch(src: str | Path, dst: str | Path, dtype: str | None = None, force: bool = False) -> list[str]:
-    """Flax safetensors or orbax checkpoint -> torch `.pth`/`.safetensors`. Returns the report lines."""
+def convert_to_torch(src: str | Path, dst: str | Path, dtype: str | None = None, force: bool = False,
+                     output_format: str = "torchvision") -> list[str]:
+    """Flax safetensors or orbax checkpoint -> torch `.pth`/`.safetensors` (torchvision's names), or with
+    output_format "hf" a transformers snapshot directory (config.json + model.safetensors; the config of the
+    checkpoint it came from when it came from one). Returns the report lines."""
     dst = Path(dst)
     check_destination(dst, force)
     config, flat, notes = read_flax_weights(src)
     flat, cast_notes = cast_floats(flat, dtype, path_name)
     state_dict = flax_to_torch(flat, config)
-    write_torch_weights(dst, state_dict, force)
-    return notes + [f"architecture: {_describe(config)}"] + cast_notes + [f"wrote {dst} ({len(state_dict)} tensors)"]
+    if output_format == "hf":
+        base = flax_metadata(Path(src)).get(HF_CONFIG_METADATA) if Path(src).is_file() else None
+        write_hf_snapshot(dst, state_dict, config, json.loads(base) if base else None, force)
+        written = f"wrote {dst} ({hf_format.FORMAT}: {hf_format.CONFIG_FILE}, model.safetensors)"
+    elif output_format == "torchvision":
+        write_torch_weights(dst, state_dict, force)
+        written = f"wrote {dst} ({len(state_dict)} tensors)"
+    else:
+        raise _fail(dst, f"unknown output format {output_format!r}; one of {', '.join(OUTPUT_FORMATS)}",
+                    "cannot write")
+    return notes + [f"architecture: {_describe(config)}"] + cast_notes + [written]
+
+
+def flax_metadata(path: Path) -> dict[str, str]:
+    with safetensors.safe_open(path, "np") as f:
+        return f.metadata() or {}
+
+
+def write_hf_snapshot(dst: Path, state_dict: Mapping[str, torch.Tensor], config: ResNetConfig,
+                      base: Mapping | None = None, force: bool = False) -> None:
+    """A transformers ResNetForImageClassification snapshot directory (config.json + model.safetensors), written to
+    a temporary directory beside `dst` and renamed into place when complete."""
+    hf = hf_format.hf_config(config, base)
+    tensors = {k: v.contiguous() for k, v in hf_format.from_torchvision(state_dict).items()}
+    dst = Path(dst)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        (tmp / hf_format.CONFIG_FILE).write_text(json.dumps(hf, indent=2) + "\n")
+        safetensors.torch.save_file(tensors, str(tmp / hf_format.WEIGHT_FILES[0]), metadata={"format": "pt"})
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old")
+            os.replace(dst, old)
+            os.replace(tmp, dst)
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        else:
+            os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def inspect_weights(src: str | Path) -> tuple[list[str], list[str]]:
     """(report lines, problems) for a torch or Flax weights file; problems empty means it converts cleanly."""
     path = Path(src)
-    is_flax = path.is_dir() or (path.suffix == SAFETENSORS and path.is_file() and is_flax_file(path))
-    if is_flax:
+    if is_flax_source(path):
         config, flat, notes = read_flax_weights(path)
         arrays = {path_name(p): v for p, v in flat.items()}
         convert: Callable[[], object] = lambda: flax_to_torch(flat, config)  # noqa: E731
+        notes.insert(0, "format: " + ("orbax checkpoint (this project's trainer)" if path.is_dir()
+                                      else "r34_flax (Flax safetensors)"))
         notes.append("side: Flax")
     else:
         state_dict, notes = read_torch_weights(path)
@@ -294,6 +391,11 @@ def inspect_weights(src: str | Path) -> tuple[list[str], list[str]]:
     except ConversionError as e:
         return notes, e.problems
     return notes, []
+
+
+def is_flax_source(path: Path) -> bool:
+    """A Flax weights file of this project or the trainer's orbax checkpoint (not a transformers snapshot)."""
+    return is_checkpoint_dir(path) or (path.suffix == SAFETENSORS and path.is_file() and is_flax_file(path))
 
 
 def is_flax_file(path: Path) -> bool:

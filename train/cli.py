@@ -21,6 +21,7 @@ from r34.config import PRESETS
 from train.data.auto_augment import AUGMIX_REFUSAL, INTERPOLATIONS, POLICIES
 from train.data.pipeline import DEFAULT_TFDS_DIR
 from train.data.transforms import AUGMENTS
+from r34.weights import WeightsError, get_weights
 from train.recipe import OPTIMIZERS, RECIPES, SCHEDULERS, WARMUP_METHODS
 
 DEFAULT_DATA_DIR = DEFAULT_TFDS_DIR
@@ -94,9 +95,14 @@ def build_parser(prog: str, description: str, flax: bool, suppress_defaults: boo
     model = p.add_argument_group("model")
     add(model, "--preset", "--model", dest="preset", choices=list(PRESETS), default="resnet34",
         help="model body; a single-head preset gets the data set's classes and channels")
-    add(model, "--init-from", type=Path,
-        help="torch (.pth/.pt/.safetensors) or Flax weights to start from: body loaded, mismatched heads "
-             "re-initialised")
+    add(model, "--init-from",
+        help="weights to start from: a file (torch .pth/.pt/.safetensors, Flax .safetensors, an orbax checkpoint, a "
+             "transformers snapshot) or a hub name (torchvision:resnet50.IMAGENET1K_V2, timm:NAME, hf:REPO); body "
+             "loaded, mismatched heads re-initialised")
+    add(model, "--weights",
+        help="torchvision's published weights, its spelling (ResNet50_Weights.IMAGENET1K_V2, or IMAGENET1K_V2 / "
+             "DEFAULT of --model): downloaded into torch's hub cache once; --model follows them when not given; "
+             "--test-only scores them with their own eval resize and crop")
     add(model, "--sync-bn", action="store_true",
         help="accepted for torchvision commands: BatchNorm statistics are always over the global batch here")
 
@@ -228,7 +234,30 @@ def parse(argv: Sequence[str] | None, prog: str, description: str, flax: bool) -
         args.opt = "sgd_nesterov" if args.optimizer == "sgd" else "adamw"
         args.notes.append(f"--optimizer {args.optimizer} is --opt {args.opt}")
     refuse_unsupported(args, explicit, flax)
+    resolve_weights(args, explicit)
     return args
+
+
+def resolve_weights(args: argparse.Namespace, explicit: dict) -> None:
+    """--weights: torchvision's catalogue entry (the model follows it unless --model is given, which must match);
+    with --test-only its eval resize and crop unless given. Sets args.init_from and args.weights_entry."""
+    args.weights_entry = None
+    if args.weights is None:
+        return
+    if args.init_from is not None:
+        raise FlagError("--weights and --init-from both name the starting weights: give one")
+    try:
+        entry = get_weights(args.weights, args.preset if "preset" in explicit else None)
+    except WeightsError as e:
+        raise FlagError(f"--weights: {e}") from None
+    args.preset, args.init_from, args.weights_entry = entry.builder, str(entry), entry
+    if args.eval_only:  # torchvision: --test-only with --weights evaluates with weights.transforms()
+        for dest, value in (("eval_resize", entry.resize_size), ("val_crop_size", entry.crop_size),
+                            ("interpolation", entry.interpolation)):
+            if dest not in explicit:
+                setattr(args, dest, value)
+        args.notes.append(f"--weights {entry}: eval resize {args.eval_resize}, crop {args.val_crop_size}, "
+                          f"{args.interpolation} (the weights' transforms); published top-1 {entry.acc1}%")
 
 
 def refuse_unsupported(args: argparse.Namespace, explicit: dict, flax: bool) -> None:

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from r34.config import BODY_FIELDS, ResNetConfig
+from r34.hub import is_source_name, resolve
+from r34.weights import WeightsError
 from r34_flax.conversion import FlatState, conversion_table, torch_to_flax
-from r34_flax.weights_io import SAFETENSORS, is_flax_file, read_flax_weights, read_torch_weights
+from r34_flax.weights_io import is_flax_source, read_flax_weights, read_torch_weights
 from train.data.pipeline import DatasetSpec
 
 
@@ -33,7 +35,7 @@ def resolve_config(preset_name: str, preset: ResNetConfig, spec: DatasetSpec) ->
     return preset.replace(heads=spec.heads)
 
 
-def read_init_weights(path: Path, config: ResNetConfig, init: FlatState, heads_required: bool = False
+def read_init_weights(path: Path | str, config: ResNetConfig, init: FlatState, heads_required: bool = False
                       ) -> tuple[FlatState, list[str]]:
     """`init` (a fresh model's flat state) with the body taken from the file at `path`.
 
@@ -41,8 +43,13 @@ def read_init_weights(path: Path, config: ResNetConfig, init: FlatState, heads_r
     `heads_required` (scoring weights needs their heads); a 3-channel stem feeding a 1-channel model is summed over
     its input channels; a body of another architecture is refused.
     """
+    if is_source_name(path):  # torchvision:..., NAME_Weights.X, timm:..., hf:...: downloaded once, into its cache
+        try:
+            path = resolve(path).path
+        except WeightsError as e:
+            raise ConfigError(f"--init-from {path}: {e}") from None
     path = Path(path)
-    if path.is_dir() or (path.suffix == SAFETENSORS and is_flax_file(path)):
+    if is_flax_source(path):
         found, flat, notes = read_flax_weights(path)
     else:
         state_dict, notes = read_torch_weights(path)
