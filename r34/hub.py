@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from r34.weights import ENUMS, URL_ROOT, Weights, WeightsError, get_weights
+from r34.weights import ENUMS, Weights, WeightsError, get_weights
 
 MIRROR_VARIABLE = "R34_WEIGHTS_MIRROR"
 CHUNK = 1 << 20

@@ -5,9 +5,9 @@ interpolation) and the recipe. Read from the installed torchvision 0.29.1's `tor
 `_meta.py`'s categories); parity_tests/test_weights.py compares every entry with it. Nothing here imports torch or
 jax: both twins and the trainers resolve names through it.
 
-    entry = get_weights("ResNet50_Weights.IMAGENET1K_V2")     # or "IMAGENET1K_V2" with builder="resnet50",
-    entry = get_weights("torchvision:resnet50")                # "resnet50.DEFAULT", "torchvision:resnet50.IMAGENET1K_V1"
-    entry.transforms()                                          # its eval transform (r34.transforms.ImageClassification)
+    entry = get_weights("ResNet50_Weights.IMAGENET1K_V2")  # or "IMAGENET1K_V2" with builder="resnet50",
+    entry = get_weights("torchvision:resnet50")             # "resnet50.DEFAULT", "torchvision:resnet50.IMAGENET1K_V1"
+    entry.transforms()                                       # its eval transform (r34.transforms.ImageClassification)
 """
 
 from __future__ import annotations

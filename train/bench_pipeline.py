@@ -4,10 +4,10 @@ Both read the same generated ImageNet-like JPEG folder (train.data.synthetic, 30
 into --cache-dir, prepared once for this project's pipeline) with the `imagenet` preset at --crop-size: train =
 RandomResizedCrop + flip, eval = Resize + CenterCrop, normalised, batched. torchvision: `ImageFolder` + `DataLoader`
 (worker processes, the transforms of its reference recipe, float32 normalised tensors out). This project:
-`train.data.pipeline.train_batches` / `eval_batches` with the same worker count as grain threads, uint8 batches out
-(the trainer's steps normalise on the device, exactly; `--device` includes that transfer). Each row times --batches batches after one warm-up
-batch; the worker counts run from 1 up to the core count (a scaling row each). `--device` also moves this
-project's batches to the default JAX device (`jax.device_put`, waited for), as the trainer does.
+`train.data.pipeline.train_batches` / `eval_batches` with the same worker count as grain threads, uint8 batches out (the
+trainer's steps normalise on the device, exactly; `--device` includes that transfer). Each row times --batches batches
+after one warm-up batch; the worker counts run from 1 up to the core count (a scaling row each). `--device` also moves
+this project's batches to the default JAX device (`jax.device_put`, waited for), as the trainer does.
 
 The `train-v2` rows add torchvision's V2 recipe augmentations on both sides: TrivialAugmentWide after the crop and
 flip, RandomErasing(0.1) after normalisation and MixUp(0.2)/CutMix(1.0) per batch (torchvision: v2 transforms in the

@@ -6,9 +6,10 @@ this torch build computes with fused multiply-adds: `start + step * i` rounded o
 25 sub-policies per data set. How an operation is applied: the same PIL calls with the same arguments as torchvision's
 v2 kernels for PIL images (`_apply_image_or_video_transform`: the inverse affine matrix of `F.affine`, `Image.rotate`,
 `ImageEnhance`, `ImageOps`), so a given (operation, magnitude) gives torchvision's pixels. (AugMix's table is here for
-the comparison; its policy works on tensors in torchvision and is refused, AUGMIX_REFUSAL.) The draws (which
-operation, which bin, which sign) follow torchvision's algorithm with a numpy Generator; torch's random stream itself
-is not reproduced (the distributions are tested instead). Proven in parity_tests/test_augment_parity.py against torchvision, op by op, bin by bin.
+the comparison; its policy works on tensors in torchvision and is refused, AUGMIX_REFUSAL.) The draws (which operation,
+which bin, which sign) follow torchvision's algorithm with a numpy Generator; torch's random stream itself is not
+reproduced (the distributions are tested instead). Proven in parity_tests/test_augment_parity.py against torchvision, op
+by op, bin by bin.
 
 An `Ops` object applies an operation: `PIL_OPS` here; the PyTorch trainer passes one that calls torchvision's own
 kernel (train/augment_torch.py), so both trainers read the same batches.

@@ -1,8 +1,8 @@
 """Generated ImageNet-like image folders, for benchmarks and tests where real data cannot be downloaded.
 
 `python -m train.data.synthetic ROOT --files 10000` writes ROOT/train/<class>/*.JPEG and ROOT/val/<class>/*.JPEG:
-random pictures with detail at several scales (~60-70 KB each, decoding like photographs of their size) of
-300-640 px per side, JPEG quality 90, as ImageNet's files are sized. Deterministic for a seed; an existing complete folder is kept.
+random pictures with detail at several scales (~60-70 KB each, decoding like photographs of their size) of 300-640 px
+per side, JPEG quality 90, as ImageNet's files are sized. Deterministic for a seed; an existing complete folder is kept.
 """
 
 from __future__ import annotations
