@@ -240,5 +240,10 @@ def prepare(root: Path, data_dir: Path, skip_bad: bool = False, say=print) -> Im
                 raise FolderError(f"class {listing.classes[label]!r} has no good image left in split {split} of "
                                   f"{listing.root} after skipping bad files")
         builder = ImageFolderRecords(listing, bad, data_dir=str(data_dir), file_format="array_record")
-    builder.download_and_prepare(file_format="array_record")
+    try:
+        builder.download_and_prepare(file_format="array_record")
+    except FileExistsError:  # another process of the run prepared it at the same time (TFDS renames a complete copy
+        if not builder.is_prepared():  # into place; the later one is dropped): read that one
+            raise
+        return ImageFolderRecords(listing, bad, data_dir=str(data_dir), file_format="array_record")
     return builder

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,10 @@ def _builder(name: str, data_dir: Path, manual_dir: Path | None) -> tfds.core.Da
         config = tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
         try:
             builder.download_and_prepare(file_format="array_record", download_config=config)
+        except FileExistsError:  # another process of the run prepared it at the same time (TFDS renames a complete
+            if not builder.is_prepared():  # copy into place; the later one is dropped): read that one
+                raise
+            return _builder(name, data_dir, manual_dir)
         except Exception as e:  # network, TensorFlow (needed to encode images of most TFDS sets), manual files
             raise DataError(f"cannot prepare data set {name!r} in {data_dir}: {type(e).__name__}: {e}. "
                             "Preparing most TFDS image data sets needs network access and `pip install "
@@ -118,7 +123,7 @@ def load(name: str, data_dir: Path, image_size: int | None = None, manual_dir: P
     std = IMAGENET_STD if channels == 3 else (0.5,) * channels
     spec = DatasetSpec(name, heads, label_keys, channels, size, "train", eval_split, natural, mean, std,
                        len(sources["train"]), len(sources[eval_split]), augment, resize,
-                       crop if augment == "imagenet" else 0, augmentation)
+                       crop if augment == "imagenet" else 0, augmentation, str(builder.data_dir), skip_bad_images)
     return spec, {"train": sources["train"], "eval": sources[eval_split]}
 
 
@@ -165,17 +170,51 @@ def ra_order(num_examples: int, reps: int, replicas: int, replica_batch: int, se
     return per_replica[:, :steps * replica_batch].reshape(replicas, steps, replica_batch).transpose(1, 0, 2).ravel()
 
 
-class _Reordered:
-    """`source` read in the order of `indices` (a random-access source for grain)."""
+# What a damaged record raises: read (array_record's checksums: RuntimeError "Corrupted Riegeli/records file"), or
+# decoded (PIL: OSError/SyntaxError, simplejpeg and numpy: ValueError).
+READ_ERRORS = (RuntimeError, OSError)
+DECODE_ERRORS = (OSError, ValueError, SyntaxError)
+SKIPPED: list[str] = []  # records replaced under --skip-bad-images, as "split record N (file)", in this process
 
-    def __init__(self, source: Any, indices: np.ndarray) -> None:
-        self.source, self.indices = source, indices
 
-    def __len__(self) -> int:
-        return len(self.indices)
+def read_record(source: Any, index: int, spec: DatasetSpec, split: str, transform: Any) -> Batch:
+    """`transform(source[index])`; a record that cannot be read or decoded (a damaged prepared copy) is a DataError
+    naming the record, its source file and the command that prepares the data set again, or with --skip-bad-images
+    it is replaced by the next readable record and listed (a warning each, and SKIPPED)."""
+    n = len(source)
+    for attempt in range(n):
+        i = (index + attempt) % n
+        try:
+            example = source[i]
+        except READ_ERRORS as e:
+            problem, where = f"cannot be read ({type(e).__name__}: {e})", f"{split} record {i} {_shard_of(source, i)}"
+        else:
+            try:
+                return transform(example)
+            except DECODE_ERRORS as e:
+                name = example.get("file_name", b"") if isinstance(example, dict) else b""
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                problem = f"cannot be decoded ({type(e).__name__}: {e})"
+                where = f"{split} record {i} (from {name})" if name else f"{split} record {i} {_shard_of(source, i)}"
+        if not spec.skip_bad_records:
+            raise DataError(f"{spec.name}: {where} {problem}; the prepared copy in {spec.prepared} is damaged: "
+                            f"`rm -r {spec.prepared}` and rerun the same command (it prepares the data set again), "
+                            "or pass --skip-bad-images to replace such records (each listed)")
+        if where not in SKIPPED:
+            SKIPPED.append(where)
+            print(f"warning: {spec.name}: {where} {problem}; replaced by the next readable record "
+                  "(--skip-bad-images)", file=sys.stderr)
+    raise DataError(f"{spec.name}: no {split} record of {spec.prepared} can be read")
 
-    def __getitem__(self, i: int) -> Any:
-        return self.source[int(self.indices[i])]
+
+def _shard_of(source: Any, index: int) -> str:
+    """'(in <array_record file>)' for a TFDS array_record source (its reader's private layout: '' if it changed)."""
+    try:
+        records = source.data_source
+        reader, _ = records._reader_idx_and_position(index)
+        return f"(in {records._read_instructions[reader].filename})"
+    except Exception:  # another kind of source, or another array_record version
+        return ""
 
 
 MIX_STREAM = 0x6D6978  # keeps the per-batch MixUp/CutMix draws apart from the per-example ones
@@ -203,10 +242,11 @@ def train_batches(source: Any, spec: DatasetSpec, global_batch: int, seed: int, 
     if augmentation.ra_reps:
         order = ra_order(len(source), augmentation.ra_reps, augmentation.replicas,
                          global_batch // augmentation.replicas, seed, epoch)
-        ds = grain.MapDataset.source(_Reordered(source, order)).seed(seed + epoch)
+        ds = grain.MapDataset.source(order).seed(seed + epoch)
     else:
-        ds = grain.MapDataset.source(source).seed(seed + epoch).shuffle()[: steps * global_batch]
-    ds = ds.random_map(lambda ex, rng: train_transform(ex, rng, spec, ops))
+        ds = grain.MapDataset.range(len(source)).seed(seed + epoch).shuffle()[: steps * global_batch]
+    ds = ds.random_map(lambda index, rng: read_record(source, int(index), spec, "train",
+                                                      lambda ex: train_transform(ex, rng, spec, ops)))
     ds = ds.batch(global_batch, drop_remainder=True)
     if augmentation.mixes:
         size = spec.image_size
@@ -229,7 +269,8 @@ def eval_batches(source: Any, spec: DatasetSpec, global_batch: int, shard: Shard
     per_process = global_batch // shard.count
     n = len(source)
     batches = -(-n // global_batch)
-    ds = grain.MapDataset.source(source).map(lambda ex: eval_transform(ex, spec))
+    ds = grain.MapDataset.range(n).map(lambda index: read_record(source, int(index), spec, "eval",
+                                                                 lambda ex: eval_transform(ex, spec)))
     ds = ds.batch(global_batch, drop_remainder=False)[:batches]
     ds = ds.map(lambda b: _process_slice(_pad(b, global_batch), shard.index * per_process, per_process))
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=prefetch_threads,

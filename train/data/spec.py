@@ -51,6 +51,8 @@ class DatasetSpec:
     eval_resize: int = 0  # imagenet: the shorter side before the centre crop
     eval_crop: int = 0  # imagenet: the centre crop (0: image_size, the train crop)
     augmentation: AugmentSpec = AugmentSpec()
+    prepared: str = ""  # where the prepared records are (named when one cannot be read)
+    skip_bad_records: bool = False  # --skip-bad-images: a record that cannot be decoded is replaced, and listed
 
     @property
     def eval_size(self) -> int:
