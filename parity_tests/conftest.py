@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import pytest
 
+from parity_tests import recipe_runs as recipe_runs_lib
 from parity_tests.bengali_files import write_competition_files
 from r34.machine import cpu_description
 from r34_flax.precision import use_full_precision
@@ -73,6 +75,8 @@ QUICK = (
     "test_weights.py::test_catalogue_is_torchvisions[resnet50]",
     "test_weights.py::test_download_lands_in_torchs_cache_once_and_both_twins_load_it",
     "test_weights.py::test_hugging_face_format_loads_in_transformers_and_both_twins_and_round_trips[resnet18]",
+    # preemption: SIGTERM to a training process, exit 75, the same command resumes bit-identically
+    "test_preemption.py::test_sigterm_saves_and_the_same_command_resumes_bit_identically",
     # every command line's --help; the divergence report
     "test_cli_help.py::test_help_lists_every_flag_with_its_default_once",
     "test_report.py::test_healthy_twins_pass_and_plot",
@@ -123,3 +127,30 @@ def bengali_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
 def bengali_data_dir(tmp_path_factory: pytest.TempPathFactory, bengali_files: tuple[Path, dict]) -> Path:
     """A TFDS data dir where bengali_graphemes gets prepared (at 32 px) by the first test that loads it."""
     return tmp_path_factory.mktemp("bengali_tfds")
+
+
+@pytest.fixture(scope="session")
+def recipe_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(image folder, starting weights) of the shortened named-recipe runs (parity_tests/recipe_runs.py)."""
+    root = tmp_path_factory.mktemp("recipe_runs")
+    return recipe_runs_lib.write_images(root / "images"), recipe_runs_lib.write_init(root / "tiny.pth")
+
+
+@pytest.fixture(scope="session")
+def recipe_runs(tmp_path_factory: pytest.TempPathFactory,
+                recipe_images: tuple[Path, Path]) -> Callable[[str, str], Path]:
+    """`run(recipe, framework)`: the work directory of that recipe's shortened run by that trainer ("flax",
+    "torch"), run once per session (test_recipe_runs checks them; test_preemption interrupts the same runs)."""
+    from train import loop_flax, loop_torch
+
+    done: dict[tuple[str, str], Path] = {}
+
+    def run(recipe: str, framework: str) -> Path:
+        if (recipe, framework) not in done:
+            workdir = tmp_path_factory.mktemp(f"{recipe}-{framework}") / "run"
+            main = {"flax": loop_flax.main, "torch": loop_torch.main}[framework]
+            assert main(recipe_runs_lib.argv(recipe, *recipe_images, workdir)) == 0, (recipe, framework)
+            done[recipe, framework] = workdir
+        return done[recipe, framework]
+
+    return run

@@ -6,61 +6,32 @@ project's code on one side and torchvision's on the other)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from parity_tests.helpers import torch_model
-from parity_tests.image_files import simple_folder
+from parity_tests.recipe_runs import RECIPE_FLAGS, STEPS_PER_EPOCH
 from parity_tests.tolerances import F32_TRAINER_LOSS_ABS
-from r34 import get_preset
 from train import loop_flax, loop_torch
 from train.metrics import read_metrics
 
-# 280 training images: torchvision's repeated-augmentation sampler keeps len // 256 * 256 of them per epoch.
-CLASSES, PER_CLASS = ("ant", "bee", "cat", "dog"), 70
-# Each recipe as documented, shortened: 3 epochs on 32 px crops of the tiny body, 2 replicas of 16 (so MixUp pairs
-# and the sampler's split are per replica), the EMA updated every 4 iterations.
-SHORT = ("--preset", "tiny", "--epochs", "3", "-b", "16", "--world-size", "2", "--train-crop-size", "32",
-         "--val-crop-size", "32", "--val-resize-size", "36", "--log-every", "1", "--no-progress")
-RECIPE_FLAGS = {
-    "torchvision-v1": ("--lr-step-size", "1"),
-    "torchvision-v2": ("--lr-warmup-epochs", "1", "--model-ema-steps", "4"),
-}
 COMPARED_STEPS = 4  # as test_trainer: float32 loss curves from the same batches, tolerances.F32_TRAINER_LOSS_ABS
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("recipe_images")
-    simple_folder(root / "train", CLASSES, PER_CLASS, splits=("",), size=(48, 40))
-    simple_folder(root / "val", CLASSES, 3, splits=("",), size=(48, 40))
-    return root
-
-
-@pytest.fixture(scope="module")
-def init_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("recipe_init") / "tiny.pth"
-    torch.save(torch_model(get_preset("tiny").replace(heads=(("fc", len(CLASSES)),)), seed=3).state_dict(), path)
-    return path
-
-
 @pytest.mark.parametrize("recipe", RECIPE_FLAGS)
-def test_named_recipe_runs_in_both_trainers(recipe: str, folder: Path, init_file: Path, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture) -> None:
+def test_named_recipe_runs_in_both_trainers(recipe: str, recipe_runs: Callable[[str, str], Path]) -> None:
     records = {}
-    for framework, main in (("flax", loop_flax.main), ("torch", loop_torch.main)):
-        workdir = tmp_path / framework
-        argv = ["--recipe", recipe, *SHORT, *RECIPE_FLAGS[recipe], "--data-path", str(folder), "--prepared-dir",
-                str(tmp_path / "prepared"), "--init-from", str(init_file), "--output-dir", str(workdir)]
-        assert main(argv) == 0, framework
-        out = capsys.readouterr().out
-        assert f"recipe {recipe} (--recipe): " in out and "batch: 16 per replica x 2 replicas = 32 global" in out
+    for framework in ("flax", "torch"):
+        workdir = recipe_runs(recipe, framework)
+        config = json.loads((workdir / "config.json").read_text())
+        assert config["args"]["recipe"] == recipe and config["recipe_expansion"]
+        assert config["describe"][0].startswith("batch: 16 per replica x 2 replicas = 32 global")
+        assert config["steps_per_epoch"] == STEPS_PER_EPOCH
         records[framework] = read_metrics(workdir / "metrics.jsonl")
         assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
-        assert (workdir / "config.json").is_file()
     train = {f: [r for r in rs if r["kind"] == "train"] for f, rs in records.items()}
     lrs = {f: [r["lr"] for r in rows] for f, rows in train.items()}
     assert lrs["flax"] == lrs["torch"], (lrs["flax"], lrs["torch"])
