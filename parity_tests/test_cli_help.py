@@ -11,7 +11,7 @@ import pytest
 
 from parity_tests import report, sharded_step
 from r34_flax import convert, demo
-from train import bench, bench_pipeline, loop_flax, loop_torch
+from train import bench, bench_pipeline, bench_preemption, loop_flax, loop_torch
 from train.cli import build_parser
 from train.data import synthetic
 
@@ -24,6 +24,7 @@ ENTRY_POINTS: dict[str, tuple[Callable[[list[str]], int], Callable[[], list[argp
     "train.torch": (loop_torch.main, lambda: [build_parser("python -m train.torch", "", flax=False)], ["--help"]),
     # One --help shows both modes: the model benchmark's flags and, in its epilog, the --pipeline mode's.
     "train.bench": (bench.main, lambda: [bench.build_parser(), bench_pipeline.build_parser()], ["--help"]),
+    "train.bench_preemption": (bench_preemption.main, lambda: [bench_preemption.build_parser()], ["--help"]),
     "r34_flax.convert": (convert.main, lambda: [convert.build_parser()], ["--help"]),
     "r34_flax.demo": (demo.main, lambda: [demo.build_parser()], ["--help"]),
     "parity_tests.report": (report.main, lambda: [report.build_parser()], ["--help"]),

@@ -8,6 +8,7 @@ the config in its metadata; the trainer's orbax checkpoint directory is accepted
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import pickle
@@ -268,17 +269,27 @@ def write_flax_weights(dst: str | Path, config: ResNetConfig, flat: Mapping[tupl
     metadata = {"format": FLAX_FORMAT, "config": json.dumps(config.to_dict())}
     if hf_config is not None:
         metadata[HF_CONFIG_METADATA] = json.dumps(hf_config)
-    atomic_write(dst, lambda tmp: safetensors.numpy.save_file(tensors, str(tmp), metadata=metadata), force)
+    # Serialised in memory and written by Python: a full disk is an OSError naming errno and file.
+    atomic_write(dst, lambda tmp: tmp.write_bytes(safetensors.numpy.save(tensors, metadata=metadata)), force)
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """torch.save's bytes of `obj`."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def write_torch_weights(dst: str | Path, state_dict: Mapping[str, torch.Tensor], force: bool = False) -> None:
     """A plain state_dict as `.pth`/`.pt` (torch.save) or `.safetensors`; torchvision loads either strictly."""
     dst = Path(dst)
+    # Serialised in memory and written by Python: a full disk is an OSError naming errno and file (torch.save's
+    # own writer reports it as "unexpected pos").
     if dst.suffix in TORCH_PICKLE_SUFFIXES:
-        atomic_write(dst, lambda tmp: torch.save(dict(state_dict), tmp), force)
+        atomic_write(dst, lambda tmp: tmp.write_bytes(torch_bytes(dict(state_dict))), force)
     elif dst.suffix == SAFETENSORS:
-        atomic_write(dst, lambda tmp: safetensors.torch.save_file(dict(state_dict), str(tmp),
-                                                                  metadata={"format": "pt"}), force)
+        atomic_write(dst, lambda tmp: tmp.write_bytes(safetensors.torch.save(dict(state_dict),
+                                                                             metadata={"format": "pt"})), force)
     else:
         raise _fail(dst, f"torch weights are written as {', '.join(TORCH_PICKLE_SUFFIXES)} or {SAFETENSORS}, "
                          f"got {dst.suffix!r}", "cannot write")

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from r34.cli_help import DefaultsHelpFormatter
 from r34.config import PRESETS
+from r34.weights import WeightsError, get_weights
+from train import preemption
 from train.data.auto_augment import AUGMIX_REFUSAL, INTERPOLATIONS, POLICIES
 from train.data.pipeline import DEFAULT_TFDS_DIR
 from train.data.transforms import AUGMENTS
-from r34.weights import WeightsError, get_weights
 from train.recipe import OPTIMIZERS, RECIPES, SCHEDULERS, WARMUP_METHODS
 
 DEFAULT_DATA_DIR = DEFAULT_TFDS_DIR
@@ -169,6 +171,12 @@ def build_parser(prog: str, description: str, flax: bool, suppress_defaults: boo
     add(run, "--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     add(run, "--keep", type=int, default=3, help="checkpoints to keep")
     add(run, "--no-progress", action="store_true", help="no progress bar (logs only)")
+    add(run, "--preemption-signal", metavar="SIGNAL",
+        help="also stop cleanly on this signal (e.g. SIGUSR1 with SLURM's --signal); SIGTERM and SIGINT always do: "
+             "the step in flight finishes, a checkpoint is written, exit code 75 (docs/training.md)")
+    add(run, "--time-limit", metavar="DURATION",
+        help="stop cleanly this long after the start (3600, 90m, 23h30m), a measured margin early; SLURM's job end "
+             "time (SLURM_JOB_END_TIME) counts too")
     add(run, "--amp", action="store_true", help="torchvision's CUDA float16 autocast: refused, naming what to use")
     add(run, "--device", help="torchvision's device: cpu or cuda (train.flax: --platform; train.torch: CPU only)")
     add(run, "--start-epoch", type=int, help="torchvision's: refused (a run's position comes from its checkpoint)")
@@ -235,6 +243,13 @@ def parse(argv: Sequence[str] | None, prog: str, description: str, flax: bool) -
         args.notes.append(f"--optimizer {args.optimizer} is --opt {args.opt}")
     refuse_unsupported(args, explicit, flax)
     resolve_weights(args, explicit)
+    args.started = time.monotonic()  # --time-limit counts from here
+    try:
+        args.preemption_signal = (preemption.signal_number(args.preemption_signal)
+                                  if args.preemption_signal is not None else None)
+        args.time_limit = preemption.parse_duration(args.time_limit) if args.time_limit is not None else None
+    except ValueError as e:
+        raise FlagError(str(e)) from None
     return args
 
 

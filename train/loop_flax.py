@@ -26,6 +26,7 @@ from r34_flax.model import ResNet, resnet
 from r34_flax.weights_io import write_flax_weights, write_torch_weights
 from train import eval_only as eval_only_lib
 from train import metrics as metrics_lib
+from train import preemption, storage
 from train.data import pipeline
 from train.data.transforms import normalization_table
 from train.cli import FlagError
@@ -119,8 +120,10 @@ def checkpoint_manager(run: Run) -> ocp.CheckpointManager:
     # replica's copy written once is all a replicated array needs. Process-wide, as orbax registers type handlers.
     ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
                                             override=True)
+    # A save cut short (the process killed, or Ctrl-C twice) is a temporary directory that never counts: removed at
+    # the next start.
     options = ocp.CheckpointManagerOptions(max_to_keep=run.args.keep, save_interval_steps=1,
-                                           enable_async_checkpointing=True)
+                                           enable_async_checkpointing=True, cleanup_tmp_directories=True)
     items = (TRAIN_STATE, "model", "config", META) + ((MODEL_EMA_ITEM,) if run.recipe.model_ema else ())
     return ocp.CheckpointManager((run.workdir / "checkpoints").resolve(), options=options, item_names=items)
 
@@ -136,8 +139,43 @@ def save(manager: ocp.CheckpointManager, run: Run, state: TrainState, graphdef: 
     ema = (flat_model_state(graphdef, state.ema["params"], state.ema["batch_stats"]) if state.ema else None)
     items = model_save_args(run.config, flat_model_state(graphdef, state.params, state.batch_stats), ema)
     meta = {"step": step, "run": run.identity()}
-    manager.save(step, args=ocp.args.Composite(**{TRAIN_STATE: ocp.args.StandardSave(state),
-                                                  META: ocp.args.JsonSave(meta), **items}), force=True)
+    try:
+        manager.save(step, args=ocp.args.Composite(**{TRAIN_STATE: ocp.args.StandardSave(state),
+                                                      META: ocp.args.JsonSave(meta), **items}), force=True)
+    except Exception as e:  # an earlier asynchronous save's failure surfaces here too
+        raise storage.error(e, run.workdir / "checkpoints", max(storage.largest_step_bytes(
+            run.workdir / "checkpoints"), state_bytes(state)), what="checkpoint") from e
+
+
+def save_and_wait(manager: ocp.CheckpointManager, run: Run, state: TrainState, graphdef: nnx.GraphDef) -> None:
+    save(manager, run, state, graphdef)
+    wait_for_saves(manager, run)
+
+
+def wait_for_saves(manager: ocp.CheckpointManager, run: Run) -> None:
+    """Wait for orbax's asynchronous writes; one that failed for lack of space is a StorageError naming the path and
+    the space a checkpoint takes (the previous checkpoints are intact: orbax renames a save into place when
+    complete and deletes old ones only after)."""
+    try:
+        manager.wait_until_finished()
+    except Exception as e:  # orbax wraps the OSError of its writer threads
+        raise storage.error(e, run.workdir / "checkpoints", storage.largest_step_bytes(run.workdir / "checkpoints"),
+                            what="checkpoint") from e
+
+
+def finish_saves(manager: ocp.CheckpointManager) -> None:
+    """Let an asynchronous save in flight complete before the run stops on an error (best effort: the error that
+    stops the run is the one to report)."""
+    try:
+        manager.wait_until_finished()
+        manager.close()
+    except Exception as e:
+        print(f"warning: the checkpoint being written could not be completed ({type(e).__name__}: {e})",
+              file=sys.stderr)
+
+
+def state_bytes(state: TrainState) -> int:
+    return sum(int(leaf.nbytes) for leaf in jax.tree.leaves(state))
 
 
 def restore(manager: ocp.CheckpointManager, run: Run, state: TrainState) -> TrainState:
@@ -291,6 +329,12 @@ def eval_only(run: Run, mesh: jax.sharding.Mesh, shard: pipeline.Sharding) -> di
     return eval_only_lib.report(run, metrics, weights, "flax", jnp.dtype(run.dtype).name)
 
 
+def make_stopper(args: argparse.Namespace, say: Any, estimated_save_s: float) -> preemption.StopRequest:
+    """The run's preemption watch: SIGTERM, SIGINT, --preemption-signal, --time-limit (and SLURM's job end)."""
+    return preemption.StopRequest(args.preemption_signal, args.time_limit, jax.process_count() > 1,
+                                  estimated_save_s, say, args.started)
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run the training described by `args`; returns the final metrics (and the torch re-score)."""
     run = setup(args)
@@ -328,6 +372,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         raise RunError(f"no readable checkpoint in {run.workdir / 'checkpoints'}, only damaged ones in {damaged}; "
                        "refusing to start over silently: pass --restart to start over on purpose")
     step_fn = make_train_step(graphdef, tx, run.recipe, mesh, args.skip_nonfinite, normalization_table(run.spec))
+    stopper = make_stopper(args, say, estimated_save_s=2.0 + state_bytes(state) / 200e6)
     lrs, per_lr = run.recipe.lr_per_epoch(), run.recipe.steps_per_iteration
     eval_step = make_eval_step(eval_graphdef, mesh, run.spec)
 
@@ -340,45 +385,63 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     final_eval: dict[str, float] = {}
     clock = metrics_lib.InputClock()
     step = checked = start
-    while step < run.total_steps:
-        epoch, offset = divmod(step, run.steps_per_epoch)
-        batches = pipeline.train_batches(run.sources["train"], run.spec, run.global_batch, args.seed, epoch, offset,
-                                         shard, prefetch_threads=args.workers)
-        for batch in clock.batches(batches):
-            images, labels = put_batch(batch, mesh)
-            state, step_metrics = step_fn(state, images, labels, put_augment(batch, mesh))
-            step += 1
-            if step % args.log_every == 0 or step == run.total_steps:
-                values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}  # the only host sync
-                check_finite(values, checked, step, manager, run)
-                checked = step
-                values["images_per_s"] = clock.batches_per_s() * run.global_batch
-                values["input_wait"] = clock.fraction()
-                values["lr"] = lrs[(step - 1) // per_lr]
-                values["epoch"] = (step - 1) // run.steps_per_epoch
-                logger.log(step, "train", values)
-                progress.set_postfix(loss=f"{values['loss']:.3f}",
-                                     acc=f"{np.mean([v for k, v in values.items() if k.startswith('accuracy')]):.3f}",
-                                     img_s=f"{values['images_per_s']:.0f}", wait=f"{values['input_wait']:.0%}")
-                clock.restart()
-            progress.update(1)
-            if step % args.checkpoint_every == 0:
-                # Never checkpoint a diverged state: this sync is as rare as checkpoints.
-                check_finite({k: float(v) for k, v in jax.device_get(step_metrics).items()}, checked, step,
-                             manager, run)
-                checked = step
-                save(manager, run, state, graphdef)
-            if step % run.steps_per_epoch == 0 or step == run.total_steps:
-                final_eval = evaluate_epoch(run, eval_step, state, mesh, shard, logger, step, progress if lead else None)
-            if step >= run.total_steps:
-                break
+    try:
+        while step < run.total_steps:
+            epoch, offset = divmod(step, run.steps_per_epoch)
+            batches = pipeline.train_batches(run.sources["train"], run.spec, run.global_batch, args.seed, epoch,
+                                             offset, shard, prefetch_threads=args.workers)
+            for batch in clock.batches(batches):
+                images, labels = put_batch(batch, mesh)
+                state, step_metrics = step_fn(state, images, labels, put_augment(batch, mesh))
+                step += 1
+                if step % args.log_every == 0 or step == run.total_steps:
+                    values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}  # the only host sync
+                    check_finite(values, checked, step, manager, run)
+                    checked = step
+                    values["images_per_s"] = clock.batches_per_s() * run.global_batch
+                    values["input_wait"] = clock.fraction()
+                    values["lr"] = lrs[(step - 1) // per_lr]
+                    values["epoch"] = (step - 1) // run.steps_per_epoch
+                    logger.log(step, "train", values)
+                    accuracy = np.mean([v for k, v in values.items() if k.startswith("accuracy")])
+                    progress.set_postfix(loss=f"{values['loss']:.3f}", acc=f"{accuracy:.3f}",
+                                         img_s=f"{values['images_per_s']:.0f}", wait=f"{values['input_wait']:.0%}")
+                    clock.restart()
+                progress.update(1)
+                if step % args.checkpoint_every == 0:
+                    # Never checkpoint a diverged state: this sync is as rare as checkpoints.
+                    check_finite({k: float(v) for k, v in jax.device_get(step_metrics).items()}, checked, step,
+                                 manager, run)
+                    checked = step
+                    # Under a time limit, saves are waited for: their measured time sets the margin.
+                    stopper.timed_save(lambda: (save_and_wait if stopper.deadline else save)(manager, run, state,
+                                                                                             graphdef))
+                if step % run.steps_per_epoch == 0 or step == run.total_steps:
+                    final_eval = evaluate_epoch(run, eval_step, state, mesh, shard, logger, step,
+                                                progress if lead else None)
+                if step >= run.total_steps:
+                    break
+                if stopper.should_stop(step):  # after the step's logs, checkpoint and evaluation: a resume repeats none
+                    progress.close()
+                    if manager.latest_step() == step:  # the periodic checkpoint of this very step: wait for it
+                        stopper.timed_save(lambda: wait_for_saves(manager, run))
+                    else:
+                        stopper.timed_save(lambda: save_and_wait(manager, run, state, graphdef))
+                    manager.close()
+                    logger.close()
+                    raise stopper.stopped(step, step // run.steps_per_epoch)
+    except (KeyboardInterrupt, SystemExit, preemption.Preempted, storage.StorageError):
+        raise
+    except Exception:  # bad data met mid-epoch, a diverged loss, ...: a checkpoint in flight is kept
+        finish_saves(manager)
+        raise
     progress.close()
     if not final_eval:  # the workdir held a finished run: score its final state again rather than report nothing
         say(f"run already complete at step {step} of {run.total_steps}: evaluating its final checkpoint")
         final_eval = evaluate(run, eval_step, state, mesh, shard)
     if manager.latest_step() != step:
         save(manager, run, state, graphdef)
-    manager.wait_until_finished()
+    wait_for_saves(manager, run)
     manager.close()
     result: dict[str, Any] = {"step": step, "eval": final_eval}
     flax_eval, compute = final_eval, "compute dtype"
@@ -389,10 +452,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         result["eval_float32"], compute = flax_eval, "float32"
     if lead:
         trained = flax_model(run.config, flat_model_state(graphdef, state.params, state.batch_stats))
-        pth, _ = export(run, trained)
-        if state.ema:
-            export(run, flax_model(run.config, flat_model_state(graphdef, state.ema["params"],
-                                                                state.ema["batch_stats"])), "model_ema")
+        try:
+            pth, _ = export(run, trained)
+            if state.ema:
+                export(run, flax_model(run.config, flat_model_state(graphdef, state.ema["params"],
+                                                                    state.ema["batch_stats"])), "model_ema")
+        except OSError as e:  # written through temporary files: nothing half-written is left
+            raise storage.error(e, run.workdir / "export", 3 * state_bytes(state), what="export") from e
         metrics_lib.plot_curves(logger.path, run.workdir / "curves.png", f"{args.preset} on {run.spec.name}")
         result["torch_rescore"] = torch_rescore(run, pth)
         say(f"exported {pth} and {pth.with_suffix('.safetensors')}"
@@ -455,6 +521,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunError, pipeline.DataError, ConversionError, FlagError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except preemption.Preempted as e:
+        if jax.process_index() == 0:
+            print(str(e), flush=True)
+        return preemption.EXIT_PREEMPTED
+    except storage.StorageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return preemption.EXIT_STORAGE
+    finally:
+        preemption.close_all()
     if "eval_only" in result:
         return 0
     if jax.process_index() == 0:

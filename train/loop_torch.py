@@ -12,10 +12,11 @@ import torch
 from tqdm import tqdm
 
 from r34_flax.conversion import ConversionError, flax_to_torch, torch_to_flax
-from r34_flax.weights_io import atomic_write, write_torch_weights
+from r34_flax.weights_io import atomic_write, torch_bytes, write_torch_weights
 from r34_torch import resnet as torch_resnet
 from train import eval_only as eval_only_lib
 from train import metrics as metrics_lib
+from train import preemption, storage
 from train.data import pipeline
 from train.data.transforms import normalization_table, normalize
 from train.model_setup import ConfigError, read_init_weights
@@ -90,6 +91,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         ckpt.unlink(missing_ok=True)
         (plan.workdir / "metrics.jsonl").unlink(missing_ok=True)
     write_config(plan, "torch")
+    for partial in plan.workdir.glob(f".{ckpt.name}.*.tmp"):  # a save cut short (killed, or Ctrl-C twice): never read
+        partial.unlink()
     recipe = plan.recipe
     model, notes = initial_model(plan)
     for note in notes:
@@ -120,7 +123,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                  "identity": plan.identity()}
         if ema is not None:
             state["model_ema"] = ema.state_dict()
-        atomic_write(ckpt, lambda tmp: torch.save(state, tmp), force=True)
+        try:  # a temporary file renamed over checkpoint.pth: a failed write leaves the previous one
+            atomic_write(ckpt, lambda tmp: tmp.write_bytes(torch_bytes(state)), force=True)
+        except OSError as e:
+            raise storage.error(e, ckpt, max(storage.tree_bytes(ckpt), len(torch_bytes(state))),
+                                what="checkpoint") from e
+
+    stopper = preemption.StopRequest(args.preemption_signal, args.time_limit,
+                                     estimated_save_s=2.0 + sum(v.numel() * v.element_size()
+                                                                for v in model.state_dict().values()) / 200e6,
+                                     started=args.started)
 
     print(f"training {args.preset} (PyTorch) on {plan.spec.name}, batch {plan.global_batch}, {plan.total_steps} steps")
     model.train()
@@ -159,7 +171,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 clock.restart()
             progress.update(1)
             if step % args.checkpoint_every == 0:
-                save()
+                stopper.timed_save(save)
             if step % plan.steps_per_epoch == 0 or step == plan.total_steps:
                 final_eval = evaluate(plan, model)
                 logger.log(step, "eval", final_eval)
@@ -170,6 +182,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     progress.write("  EMA: " + ", ".join(f"{k} {v:.4f}" for k, v in ema_eval.items()))
             if step >= plan.total_steps:
                 break
+            if stopper.should_stop(step):  # after the step's logs, checkpoint and evaluation: a resume repeats none
+                progress.close()
+                stopper.timed_save(save)
+                logger.close()
+                raise stopper.stopped(step, step // plan.steps_per_epoch)
     progress.close()
     if not final_eval:  # the workdir held a finished run: score its final state again rather than report nothing
         print(f"run already complete at step {step} of {plan.total_steps}: evaluating its final checkpoint")
@@ -177,9 +194,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     save()
     export = plan.workdir / "export"
     export.mkdir(exist_ok=True)
-    write_torch_weights(export / "model.pth", model.state_dict(), force=True)
-    if ema is not None:
-        write_torch_weights(export / "model_ema.pth", ema.module.state_dict(), force=True)
+    try:
+        write_torch_weights(export / "model.pth", model.state_dict(), force=True)
+        if ema is not None:
+            write_torch_weights(export / "model_ema.pth", ema.module.state_dict(), force=True)
+    except OSError as e:
+        raise storage.error(e, export, storage.tree_bytes(ckpt), what="export") from e
     metrics_lib.plot_curves(logger.path, plan.workdir / "curves.png", f"{args.preset} (PyTorch) on {plan.spec.name}")
     logger.close()
     return {"step": step, "eval": final_eval}
@@ -197,6 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, pipeline.DataError, ConversionError, cli.FlagError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except preemption.Preempted as e:
+        print(str(e), flush=True)
+        return preemption.EXIT_PREEMPTED
+    except storage.StorageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return preemption.EXIT_STORAGE
+    finally:
+        preemption.close_all()
     if "eval_only" not in result:
         print(json.dumps({"final": result["eval"]}))
     return 0

@@ -79,12 +79,23 @@ class Logger:
         """Drop records past `step` (written after the checkpoint a resumed run starts from)."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        lines = self.path.read_text().splitlines()
+        if lines and not _parses(lines[-1]):  # a line cut short by a kill or a power loss: the run writes it again
+            lines.pop()
+        kept = [line for line in lines if line and json.loads(line)["step"] <= step]
         atomic_write(self.path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)), force=True)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def read_metrics(path: Path) -> list[dict]:

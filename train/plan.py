@@ -156,7 +156,7 @@ def announce(run: Plan, say: Any) -> None:
 def write_config(run: Plan, framework: str) -> None:
     """WORKDIR/config.json: every resolved flag, the recipe and the batch layout (atomic)."""
     args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(run.args).items()
-            if k not in ("notes", "recipe_expansion")}
+            if k not in ("notes", "recipe_expansion", "started")}
     record = {"framework": framework, "args": args, "recipe_expansion": {k: str(v) if isinstance(v, Path) else v
                                                                          for k, v in run.args.recipe_expansion.items()},
               "run": run.identity(), "steps_per_epoch": run.steps_per_epoch, "total_steps": run.total_steps,
