@@ -514,22 +514,15 @@ DESCRIPTION = "Train the Flax ResNet twin, data-parallel over all devices."
 def main(argv: list[str] | None = None) -> int:
     from train import cli
 
-    try:
+    def run() -> dict[str, Any]:
         args = cli.parse(argv, "python -m train.flax", DESCRIPTION, flax=True)
         initialize_distributed(args)
-        result = train(args)
-    except (ConfigError, RunError, pipeline.DataError, ConversionError, FlagError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except preemption.Preempted as e:
-        if jax.process_index() == 0:
-            print(str(e), flush=True)
-        return preemption.EXIT_PREEMPTED
-    except storage.StorageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return preemption.EXIT_STORAGE
-    finally:
-        preemption.close_all()
+        return train(args)
+
+    code, result = preemption.exit_code(run, (ConfigError, RunError, pipeline.DataError, ConversionError, FlagError),
+                                        speaks=lambda: jax.process_index() == 0)
+    if code:
+        return code
     if "eval_only" in result:
         return 0
     if jax.process_index() == 0:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 import numpy as np
@@ -184,7 +183,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 break
             if stopper.should_stop(step):  # after the step's logs, checkpoint and evaluation: a resume repeats none
                 progress.close()
-                stopper.timed_save(save)
+                if step % args.checkpoint_every:  # else this step's periodic checkpoint is the one
+                    stopper.timed_save(save)
                 logger.close()
                 raise stopper.stopped(step, step // plan.steps_per_epoch)
     progress.close()
@@ -211,20 +211,11 @@ DESCRIPTION = "Train the PyTorch ResNet twin (the reference)."
 def main(argv: list[str] | None = None) -> int:
     from train import cli
 
-    try:
-        args = cli.parse(argv, "python -m train.torch", DESCRIPTION, flax=False)
-        result = train(args)
-    except (ConfigError, pipeline.DataError, ConversionError, cli.FlagError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except preemption.Preempted as e:
-        print(str(e), flush=True)
-        return preemption.EXIT_PREEMPTED
-    except storage.StorageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return preemption.EXIT_STORAGE
-    finally:
-        preemption.close_all()
+    code, result = preemption.exit_code(
+        lambda: train(cli.parse(argv, "python -m train.torch", DESCRIPTION, flax=False)),
+        (ConfigError, pipeline.DataError, ConversionError, cli.FlagError))
+    if code:
+        return code
     if "eval_only" not in result:
         print(json.dumps({"final": result["eval"]}))
     return 0

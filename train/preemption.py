@@ -22,6 +22,9 @@ import sys
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
+
+from train.storage import StorageError
 
 EXIT_PREEMPTED = 75  # sysexits' EX_TEMPFAIL: stopped on purpose, rerun the same command to resume
 EXIT_ABORTED = 130  # a second SIGINT during the final save: the previous checkpoint is kept
@@ -121,7 +124,7 @@ class StopRequest:
 
             if multihost_utils.reached_preemption_sync_point(step):
                 if self.reason is None:
-                    self.reason, self.requested_at = "SIGTERM (to another process)", now
+                    self.reason, self.requested_at = "SIGTERM to one of the processes", now
                 return True
             return False
         return self.reason is not None
@@ -160,3 +163,24 @@ def close_all() -> None:
     """Restore every handler a run installed (the trainers' main() calls it however the run ended)."""
     for request in list(ACTIVE):
         request.close()
+
+
+def exit_code(run: Callable[[], Any], usage_errors: tuple[type[BaseException], ...],
+              speaks: Callable[[], bool] = lambda: True) -> tuple[int, Any]:
+    """(exit code, result) of a trainer's `run()`: 0 and its result, or a stop mapped to its documented code with its
+    message printed: a usage error (bad flags, data, configuration) 2, Preempted EXIT_PREEMPTED (printed where
+    `speaks()`, process 0 of several), StorageError EXIT_STORAGE. Signal handlers are given back however it ends."""
+    try:
+        return 0, run()
+    except usage_errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2, None
+    except Preempted as e:
+        if speaks():
+            print(str(e), flush=True)
+        return EXIT_PREEMPTED, None
+    except StorageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_STORAGE, None
+    finally:
+        close_all()
