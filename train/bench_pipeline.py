@@ -123,13 +123,11 @@ def device_finish(spec: pipeline.DatasetSpec, split: str) -> Callable:
     if split != "train-v2":
         return lambda batch: jax.block_until_ready(jax.device_put(batch["image"]))
     from train.step_flax import augment_batch, normalize_images
-    from train.recipe import Recipe
 
     table = jnp.asarray(normalization_table(spec))
-    recipe = Recipe(mixup_alpha=V2_AUGMENTATION.mixup_alpha, cutmix_alpha=V2_AUGMENTATION.cutmix_alpha)
     heads = dict(spec.heads)
     augment = jax.jit(lambda images, labels, params: augment_batch(normalize_images(images, table), labels, params,
-                                                                   heads, recipe, jnp.int32(0)))
+                                                                   heads, jnp.int32(0)))
 
     def finish(batch: dict) -> object:
         params = {"erase": batch["erase"], "mix": {k: v.astype(np.float32) if v.dtype == np.float64 else v

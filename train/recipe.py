@@ -130,11 +130,6 @@ class Recipe:
         return self.opt == "sgd_nesterov"
 
     @property
-    def mixes(self) -> bool:
-        """MixUp or CutMix: targets are soft (probability vectors)."""
-        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
-
-    @property
     def steps_per_iteration(self) -> int:
         """Optimizer steps per scheduler step: an epoch's, or 1 with schedule_unit "step"."""
         return self.steps_per_epoch if self.schedule_unit == "epoch" else 1

@@ -136,12 +136,12 @@ def train_step(
     return new, metrics
 
 
-def augment_batch(images: jax.Array, labels: Labels, augment: Augment, heads: Mapping[str, int], recipe: Recipe,
+def augment_batch(images: jax.Array, labels: Labels, augment: Augment, heads: Mapping[str, int],
                   zero: jax.Array) -> tuple[jax.Array, Targets]:
     """torchvision's order after normalisation: RandomErasing per image, then MixUp/CutMix (soft targets)."""
     if "erase" in augment:
         images = augment_flax.erase(images, augment["erase"])
-    if not recipe.mixes:
+    if "mix" not in augment:
         return images, labels
     one_hot = {name: jax.nn.one_hot(labels[name], heads[name], dtype=jnp.float32) for name in labels}
     return augment_flax.mix(images, one_hot, augment["mix"], zero)
@@ -167,7 +167,7 @@ def make_train_step(
     def step(state: TrainState, images: jax.Array, labels: Labels,
              augment: Augment) -> tuple[TrainState, dict[str, jax.Array]]:
         heads = dict(nnx.merge(graphdef, state.params, state.batch_stats, copy=True).config.heads)
-        x, targets = augment_batch(normalize_images(images, input_table), labels, augment, heads, recipe,
+        x, targets = augment_batch(normalize_images(images, input_table), labels, augment, heads,
                                    zero=jnp.minimum(state.step, 0))
         return train_step(state, x, targets, graphdef=graphdef, tx=tx, recipe=recipe, skip_nonfinite=skip_nonfinite)
 
