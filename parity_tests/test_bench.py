@@ -70,10 +70,12 @@ def test_unknown_preset_is_refused(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_pipeline_benchmark_runs_both_pipelines_and_writes_json(tmp_path: Path) -> None:
-    """A subprocess: torchvision's DataLoader forks its workers, which a process running JAX must not do."""
+    """A subprocess: torchvision's DataLoader forks its workers, which a process running JAX must not do. With
+    `--device`: the train-v2 row then runs the train step's normalise, erase and mix (without it, batches are only
+    counted)."""
     out = tmp_path / "pipeline.json"
     argv = ["--pipeline", "--files", "40", "--batch-size", "4", "--batches", "1", "--workers", "1", "--crop-size",
-            "32", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]
+            "32", "--cache-dir", str(tmp_path / "cache"), "--json", str(out), "--device"]
     done = subprocess.run([sys.executable, "-m", "train.bench", *argv], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| train | 1 |" in done.stdout and "| train-v2 | 1 |" in done.stdout and "| eval | 1 |" in done.stdout
