@@ -329,10 +329,10 @@ def eval_only(run: Run, mesh: jax.sharding.Mesh, shard: pipeline.Sharding) -> di
     return eval_only_lib.report(run, metrics, weights, "flax", jnp.dtype(run.dtype).name)
 
 
-def make_stopper(args: argparse.Namespace, say: Any, estimated_save_s: float) -> preemption.StopRequest:
+def make_stopper(args: argparse.Namespace, say: Any, state: TrainState) -> preemption.StopRequest:
     """The run's preemption watch: SIGTERM, SIGINT, --preemption-signal, --time-limit (and SLURM's job end)."""
     return preemption.StopRequest(args.preemption_signal, args.time_limit, jax.process_count() > 1,
-                                  estimated_save_s, say, args.started)
+                                  state_bytes(state), say, args.started)
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -372,7 +372,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         raise RunError(f"no readable checkpoint in {run.workdir / 'checkpoints'}, only damaged ones in {damaged}; "
                        "refusing to start over silently: pass --restart to start over on purpose")
     step_fn = make_train_step(graphdef, tx, run.recipe, mesh, args.skip_nonfinite, normalization_table(run.spec))
-    stopper = make_stopper(args, say, estimated_save_s=2.0 + state_bytes(state) / 200e6)
+    stopper = make_stopper(args, say, state)
     lrs, per_lr = run.recipe.lr_per_epoch(), run.recipe.steps_per_iteration
     eval_step = make_eval_step(eval_graphdef, mesh, run.spec)
 

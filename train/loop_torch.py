@@ -122,15 +122,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                  "identity": plan.identity()}
         if ema is not None:
             state["model_ema"] = ema.state_dict()
+        data = torch_bytes(state)
         try:  # a temporary file renamed over checkpoint.pth: a failed write leaves the previous one
-            atomic_write(ckpt, lambda tmp: tmp.write_bytes(torch_bytes(state)), force=True)
+            atomic_write(ckpt, lambda tmp: tmp.write_bytes(data), force=True)
         except OSError as e:
-            raise storage.error(e, ckpt, max(storage.tree_bytes(ckpt), len(torch_bytes(state))),
-                                what="checkpoint") from e
+            raise storage.error(e, ckpt, max(storage.tree_bytes(ckpt), len(data)), what="checkpoint") from e
 
     stopper = preemption.StopRequest(args.preemption_signal, args.time_limit,
-                                     estimated_save_s=2.0 + sum(v.numel() * v.element_size()
-                                                                for v in model.state_dict().values()) / 200e6,
+                                     state_bytes=sum(v.numel() * v.element_size() for v in model.state_dict().values()),
                                      started=args.started)
 
     print(f"training {args.preset} (PyTorch) on {plan.spec.name}, batch {plan.global_batch}, {plan.total_steps} steps")

@@ -31,6 +31,10 @@ EXIT_ABORTED = 130  # a second SIGINT during the final save: the previous checkp
 EXIT_STORAGE = 74  # sysexits' EX_IOERR: a checkpoint or export could not be written
 SLURM_END = "SLURM_JOB_END_TIME"  # Unix time at which SLURM ends the job (SLURM 23.02 and later set it)
 MIN_MARGIN_S = 5.0
+# Before a run's first checkpoint write is timed, its time is estimated from the state's size: a fixed cost (orbax's
+# or torch.save's start, the rename) plus the bytes at a rate slow disks and network filesystems still reach.
+SAVE_FIXED_S = 2.0
+SAVE_BYTES_PER_S = 200e6
 
 
 class Preempted(Exception):
@@ -63,12 +67,13 @@ def signal_number(name: str) -> int:
 class StopRequest:
     """Watches for a reason to stop: a signal, or the wall-clock limit (--time-limit, or SLURM's job end). The
     margin before the limit is measured: twice the longest checkpoint save and step interval seen so far (at least
-    MIN_MARGIN_S; before the first save, an estimate from the state's size)."""
+    MIN_MARGIN_S; before the first save, an estimate from the size of what a checkpoint writes)."""
 
     def __init__(self, extra_signal: int | None = None, time_limit_s: float | None = None,
-                 distributed: bool = False, estimated_save_s: float = 10.0, say: Callable[[str], None] = print,
+                 distributed: bool = False, state_bytes: int = 0, say: Callable[[str], None] = print,
                  started: float | None = None):
-        """`started`: time.monotonic() when the run started (the time limit counts from there; default now)."""
+        """`state_bytes`: what a checkpoint writes; `started`: time.monotonic() when the run started (the time limit
+        counts from there; default now)."""
         self.distributed, self.say = distributed, say
         self.reason: str | None = None
         self.requested_at = 0.0
@@ -79,7 +84,8 @@ class StopRequest:
             limits.append(float(os.environ[SLURM_END]) - time.time() + (self.started - time.monotonic()))
         if limits:
             self.deadline = self.started + min(limits)
-        self.save_s, self.step_s, self.estimated_save_s = 0.0, 0.0, estimated_save_s
+        self.save_s, self.step_s = 0.0, 0.0
+        self.estimated_save_s = SAVE_FIXED_S + state_bytes / SAVE_BYTES_PER_S
         self.last_step: float | None = None  # the first step's interval holds its compilation: not a step's time
         signals = [signal.SIGTERM, signal.SIGINT] + ([extra_signal] if extra_signal is not None else [])
         self.previous = {}
