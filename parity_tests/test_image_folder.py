@@ -183,3 +183,22 @@ def test_train_batches_of_a_folder_are_torchvisions_recipe(parity_data) -> None:
     other = next(pipeline.train_batches(sources["train"], small, 3, seed=1, epoch=1))
     assert first["image"].shape == (3, 32, 32, 3) and np.array_equal(first["image"], again["image"])
     assert not np.array_equal(first["image"], other["image"])  # the draws (test_imagenet_transforms.py) move
+
+
+class RacingBuilder:
+    """A TFDS builder whose final rename fails because another process renamed its complete copy first."""
+
+    def __init__(self, other_finished: bool) -> None:
+        self.other_finished = other_finished
+
+    def download_and_prepare(self, **kwargs: object) -> None:
+        raise FileExistsError("dataset_info.json")
+
+    def is_prepared(self) -> bool:
+        return self.other_finished
+
+
+def test_a_data_set_prepared_by_another_process_at_the_same_time_is_read() -> None:
+    assert image_folder.prepare_once(RacingBuilder(other_finished=True), file_format="array_record") is False
+    with pytest.raises(FileExistsError):  # nothing complete in place: not a race, a real error
+        image_folder.prepare_once(RacingBuilder(other_finished=False), file_format="array_record")

@@ -240,10 +240,19 @@ def prepare(root: Path, data_dir: Path, skip_bad: bool = False, say=print) -> Im
                 raise FolderError(f"class {listing.classes[label]!r} has no good image left in split {split} of "
                                   f"{listing.root} after skipping bad files")
         builder = ImageFolderRecords(listing, bad, data_dir=str(data_dir), file_format="array_record")
-    try:
-        builder.download_and_prepare(file_format="array_record")
-    except FileExistsError:  # another process of the run prepared it at the same time (TFDS renames a complete copy
-        if not builder.is_prepared():  # into place; the later one is dropped): read that one
-            raise
+    if not prepare_once(builder, file_format="array_record"):
         return ImageFolderRecords(listing, bad, data_dir=str(data_dir), file_format="array_record")
     return builder
+
+
+def prepare_once(builder: tfds.core.DatasetBuilder, **kwargs: Any) -> bool:
+    """`builder.download_and_prepare(**kwargs)`; False when another process of the run prepared the same data set at
+    the same time (TFDS renames a complete copy into place and the later rename fails): the caller then reads that
+    copy through a new builder."""
+    try:
+        builder.download_and_prepare(**kwargs)
+    except FileExistsError:
+        if not builder.is_prepared():
+            raise
+        return False
+    return True

@@ -53,11 +53,8 @@ def _builder(name: str, data_dir: Path, manual_dir: Path | None) -> tfds.core.Da
                             f"exist (set --manual-dir). {instructions.strip()}")
         config = tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
         try:
-            builder.download_and_prepare(file_format="array_record", download_config=config)
-        except FileExistsError:  # another process of the run prepared it at the same time (TFDS renames a complete
-            if not builder.is_prepared():  # copy into place; the later one is dropped): read that one
-                raise
-            return _builder(name, data_dir, manual_dir)
+            if not image_folder.prepare_once(builder, file_format="array_record", download_config=config):
+                return _builder(name, data_dir, manual_dir)
         except Exception as e:  # network, TensorFlow (needed to encode images of most TFDS sets), manual files
             raise DataError(f"cannot prepare data set {name!r} in {data_dir}: {type(e).__name__}: {e}. "
                             "Preparing most TFDS image data sets needs network access and `pip install "
