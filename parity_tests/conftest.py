@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -140,7 +142,8 @@ def recipe_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
 def recipe_runs(tmp_path_factory: pytest.TempPathFactory,
                 recipe_images: tuple[Path, Path]) -> Callable[[str, str], Path]:
     """`run(recipe, framework)`: the work directory of that recipe's shortened run by that trainer ("flax",
-    "torch"), run once per session (test_recipe_runs checks them; test_preemption interrupts the same runs)."""
+    "torch"), run once per session (test_recipe_runs checks them; test_preemption interrupts the same runs). What
+    the run printed is beside it, in `stdout.txt`."""
     from train import loop_flax, loop_torch
 
     done: dict[tuple[str, str], Path] = {}
@@ -149,7 +152,11 @@ def recipe_runs(tmp_path_factory: pytest.TempPathFactory,
         if (recipe, framework) not in done:
             workdir = tmp_path_factory.mktemp(f"{recipe}-{framework}") / "run"
             main = {"flax": loop_flax.main, "torch": loop_torch.main}[framework]
-            assert main(recipe_runs_lib.argv(recipe, *recipe_images, workdir)) == 0, (recipe, framework)
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                code = main(recipe_runs_lib.argv(recipe, *recipe_images, workdir))
+            (workdir.parent / "stdout.txt").write_text(printed.getvalue())
+            assert code == 0, (recipe, framework, printed.getvalue()[-2000:])
             done[recipe, framework] = workdir
         return done[recipe, framework]
 

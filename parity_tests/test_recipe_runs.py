@@ -29,6 +29,9 @@ def test_named_recipe_runs_in_both_trainers(recipe: str, recipe_runs: Callable[[
         config = json.loads((workdir / "config.json").read_text())
         assert config["args"]["recipe"] == recipe and config["recipe_expansion"]
         assert config["describe"][0].startswith("batch: 16 per replica x 2 replicas = 32 global")
+        printed = (workdir.parent / "stdout.txt").read_text()  # the expansion and the batch layout, printed at start
+        assert f"recipe {recipe} (--recipe): " in printed
+        assert "batch: 16 per replica x 2 replicas = 32 global" in printed
         assert config["steps_per_epoch"] == STEPS_PER_EPOCH
         records[framework] = read_metrics(workdir / "metrics.jsonl")
         assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
